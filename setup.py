@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nemo-mft",
+    version="0.1.0",
+    description="Minifinetuning (MFT) for megatron-core / Megatron-Bridge: exact vocab-parallel loss, "
+    "fused Triton kernel, frozen-teacher training.",
+    packages=find_packages(include=["nemo_mft", "nemo_mft.*"]),
+    python_requires=">=3.10",
+    # Kept loose so the plugin installs into NGC containers (pip install --no-deps) without touching
+    # their torch / megatron-core; the tested CPU pins live in requirements/.
+    install_requires=["torch>=2.4"],
+    extras_require={
+        "megatron": ["megatron-core>=0.16"],
+        "triton": ["triton>=3.6"],
+        "recipes": ["hydra-core>=1.3", "omegaconf>=2.3"],
+        "test": ["pytest", "nvidia-modelopt>=0.35"],
+    },
+)
