@@ -1,0 +1,102 @@
+"""The autograd Function of the MFT loss: both passes run in forward, backward only scales.
+
+No autograd graph is built over vocab-sized intermediates: forward keeps just the [N, V_local]
+gradient, computed in fp32 block by block and rounded once to the student's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from nemo_mft.loss import formulas
+from nemo_mft.loss.backends import Backend, ShardLayout
+from nemo_mft.loss.exchange import gather_statistics
+from nemo_mft.loss.options import MFTOptions
+from nemo_mft.loss.validation import check_finite_tokens
+
+# Order of the per-call summary returned next to the loss (sums over valid tokens, weighted by w).
+SUMMARY_FIELDS = ("weight_sum", "teacher_correct_sum", "mixing_weight_sum", "student_ce_sum")
+
+
+@dataclass(frozen=True)
+class LossCall:
+    """Everything about one call that is not a tensor."""
+
+    options: MFTOptions
+    layout: ShardLayout
+    tp_group: dist.ProcessGroup | None
+    backend: Backend
+    token_shape: torch.Size  # labels' shape, for error positions
+
+
+class MFTLossFunction(torch.autograd.Function):
+    """(student [N, V_local], teacher [N, V_local], labels [N], weights [N]) -> (loss, summary [4]).
+
+    ``weights`` are w in the compute dtype with 0 on ignored tokens. The loss is a scalar for
+    reductions "mean"/"sum" and [N] w * l for "none". Backward costs nothing when the incoming
+    gradient is the scalar 1; otherwise it is one scaling pass over the stored gradient (for 16-bit
+    logits that rounds the gradient a second time: it is stored in the logits' dtype).
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, labels, weights, call: LossCall):
+        opts, layout = call.options, call.layout
+        compute_dtype = weights.dtype
+        valid = weights > 0
+        local_labels = torch.where(valid, labels - layout.offset, -1)
+
+        stats, local_argmax = call.backend.statistics(
+            student, teacher, local_labels, layout, opts.temperature, compute_dtype
+        )
+        all_stats, all_argmax = gather_statistics(stats, local_argmax + layout.offset, call.tp_group)
+        targets = formulas.combine_statistics(
+            all_stats, all_argmax, labels, opts.temperature, opts.tau, opts.correct_all
+        )
+        finite = (
+            torch.isfinite(targets.loss) & torch.isfinite(targets.lse_teacher) & torch.isfinite(targets.lse_student)
+        )
+        check_finite_tokens(finite, valid, call.token_shape)
+
+        def weighted(values: torch.Tensor) -> torch.Tensor:
+            return torch.where(valid, values * weights, 0.0)
+
+        token_loss = weighted(targets.loss)
+        weight_sum = weights.sum()
+        summary = torch.stack([
+            weight_sum,
+            weighted(targets.teacher_correct).sum(),
+            weighted(targets.mix).sum(),
+            weighted(targets.student_ce).sum(),
+        ])
+        if opts.reduction == "none":
+            loss, normalizer = token_loss, None
+        elif opts.reduction == "sum":
+            loss, normalizer = token_loss.sum(), None
+        else:  # mean; no valid token -> 0, not NaN
+            normalizer = torch.where(weight_sum > 0, weight_sum, 1.0)
+            loss = token_loss.sum() / normalizer
+
+        ctx.reduction = opts.reduction
+        ctx.grad_dtype = student.dtype
+        if ctx.needs_input_grad[0]:
+            coef = weights if normalizer is None else weights / normalizer
+            # Per-token scaling in backward ("none") happens in fp32 before the one rounding.
+            grad_dtype = compute_dtype if opts.reduction == "none" else student.dtype
+            grad = call.backend.gradient(
+                student, teacher, local_labels, layout, targets, coef, opts.temperature, grad_dtype
+            )
+            ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(summary)
+        return loss, summary
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_summary):
+        (grad,) = ctx.saved_tensors
+        if ctx.reduction == "none":
+            grad = (grad * grad_loss.unsqueeze(-1).to(grad.dtype)).to(ctx.grad_dtype)
+        elif not bool(grad_loss == 1):
+            grad = grad * grad_loss.to(grad.dtype)
+        return grad, None, None, None, None

@@ -1,0 +1,93 @@
+"""Where the two vocab-sized passes run: chunked PyTorch here, fused Triton in `nemo_mft.kernels`.
+
+A backend reduces this rank's shard to per-token statistics (pass 1) and writes the student gradient
+(pass 2). Everything between the passes (the exchange over the TP group and the per-token combine) is
+shared, so both backends have the same semantics and the same errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from nemo_mft.loss import formulas
+
+# Elements of one row block of the PyTorch path. Its temporaries are a few fp32 blocks, so the extra
+# memory is bounded by the block, not by the number of tokens: ~4 MiB per temporary on CPU (cache
+# friendly), larger on GPUs where kernel-launch overhead dominates small blocks.
+_BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Where this rank's logits sit in the global vocabulary.
+
+    offset: global index of the shard's first column (rank * V_local).
+    real_width: number of the shard's columns below the true vocabulary size (the rest is padding).
+    """
+
+    offset: int
+    real_width: int
+
+
+class Backend(Protocol):
+    def statistics(
+        self, student: torch.Tensor, teacher: torch.Tensor, local_labels: torch.Tensor, layout: ShardLayout,
+        temperature: float, compute_dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 1 over [N, V_local] logits -> ([N, NUM_STATS] stats, [N] int64 LOCAL teacher argmax)."""
+
+    def gradient(
+        self, student: torch.Tensor, teacher: torch.Tensor, local_labels: torch.Tensor, layout: ShardLayout,
+        targets: formulas.TokenTargets, coef: torch.Tensor, temperature: float, grad_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Pass 2 -> [N, V_local] gradient in grad_dtype, zero on padding columns and on rows with coef 0."""
+
+
+def _row_blocks(num_rows: int, width: int, device: torch.device):
+    rows = max(1, _BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS["cuda"]) // max(width, 1))
+    for start in range(0, num_rows, rows):
+        yield slice(start, min(start + rows, num_rows))
+
+
+class TorchBackend:
+    """Readable reference implementation: the formulas applied block by block of rows."""
+
+    def statistics(self, student, teacher, local_labels, layout, temperature, compute_dtype):
+        n = student.shape[0]
+        stats = torch.empty(n, formulas.NUM_STATS, dtype=compute_dtype, device=student.device)
+        argmax = torch.empty(n, dtype=torch.int64, device=student.device)
+        cols = slice(0, layout.real_width)
+        for rows in _row_blocks(n, layout.real_width, student.device):
+            stats[rows], argmax[rows] = formulas.shard_statistics(
+                student[rows, cols], teacher[rows, cols], local_labels[rows], temperature, compute_dtype
+            )
+        return stats, argmax
+
+    def gradient(self, student, teacher, local_labels, layout, targets, coef, temperature, grad_dtype):
+        n, width = student.shape
+        grad = torch.empty(n, width, dtype=grad_dtype, device=student.device)
+        grad[:, layout.real_width:] = 0
+        cols = slice(0, layout.real_width)
+        compute_dtype = targets.mix.dtype
+        for rows in _row_blocks(n, layout.real_width, student.device):
+            grad[rows, cols] = formulas.student_gradient(
+                student[rows, cols], teacher[rows, cols], local_labels[rows], targets.lse_teacher[rows],
+                targets.lse_student[rows], targets.mix[rows], coef[rows], temperature, compute_dtype,
+            )
+        return grad
+
+
+def select_backend(impl: str, device: torch.device) -> Backend:
+    """The backend for ``impl`` ("auto" = Triton for CUDA tensors when it is importable)."""
+    if impl == "torch" or (impl == "auto" and device.type != "cuda"):
+        return TorchBackend()
+    try:
+        from nemo_mft.kernels.triton_backend import TritonBackend
+    except ImportError as err:
+        if impl == "auto":
+            return TorchBackend()
+        raise ValueError(f"impl='triton' needs the Triton kernels, which could not be imported: {err}") from err
+    return TritonBackend()

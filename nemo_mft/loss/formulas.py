@@ -1,0 +1,228 @@
+"""The MFT math per token, as small tensor functions (no loops over chunks, no communication).
+
+Notation (notes section 1): teacher logits t, student logits s, temperature T, label y, margin tau.
+p = softmax(t/T), a = argmax p, q = (1 - m) p + m e_y, loss = T^2 KL(q || softmax(s/T)).
+
+The vocabulary may be split over tensor-parallel ranks. Each rank reduces its own columns to a few
+numbers per token (`shard_statistics`); after one exchange, `combine_statistics` turns the statistics
+of all shards into the global per-token quantities, including the loss in closed form:
+
+    KL(q || r) = xlogy(P, P) (1 - p_y) + P [KL(p || r) - p_y (log p_y - log r_y)] + q_y (log q_y - log r_y)
+
+with r = softmax(s/T), P = 1 - m, q_y = P p_y + m, and KL(p || r) = E_p[(t - s)/T] - lse_t + lse_s, where
+E_p[(t - s)/T] is accumulated directly from the logit differences (accurate when p is close to r).
+The second pass (`student_gradient`) only produces the gradient T (r - q).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Columns of the per-shard statistics, one row per token, in the compute dtype (fp32 or fp64).
+# Max/sum-exp pairs are "online softmax" partials: lse = max + log(sumexp).
+T_MAX = 0  # max_v t_v / T over this shard's real (non-padding) columns; -inf if it has none
+T_SUMEXP = 1  # sum_v exp(t_v / T - T_MAX)
+T_DIFF = 2  # sum_v exp(t_v / T - T_MAX) * (t_v - s_v) / T      (unnormalized E_p[(t - s) / T])
+S_MAX = 3  # max_v s_v / T
+S_SUMEXP = 4  # sum_v exp(s_v / T - S_MAX)
+S1_MAX = 5  # max_v s_v               (temperature 1, for the student's cross-entropy)
+S1_SUMEXP = 6  # sum_v exp(s_v - S1_MAX)
+T_LABEL = 7  # t_y if this shard owns the label, else 0 (summed over shards)
+S_LABEL = 8  # s_y if this shard owns the label, else 0
+NUM_STATS = 9
+
+
+def shard_statistics(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    local_labels: torch.Tensor,
+    temperature: float,
+    compute_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduce one block of a vocab shard to per-token statistics (pass 1).
+
+    Args:
+        student, teacher: [n, v] logits of this shard's real columns only (padding already cut off);
+            v may be 0 for a shard that holds only padding.
+        local_labels: [n] int64 label minus the shard's first global column; outside [0, v) when the
+            shard does not own the label (or the token is ignored).
+        temperature: T.
+        compute_dtype: fp32, or fp64 for fp64 inputs.
+
+    Returns:
+        stats: [n, NUM_STATS] in compute_dtype (columns above).
+        argmax: [n] int64 local index of the first maximum of t (0 if v == 0; T_MAX is then -inf).
+    """
+    n, v = student.shape
+    stats = torch.zeros(n, NUM_STATS, dtype=compute_dtype, device=student.device)
+    if v == 0:
+        stats[:, [T_MAX, S_MAX, S1_MAX]] = float("-inf")
+        return stats, torch.zeros(n, dtype=torch.int64, device=student.device)
+
+    s1 = student.to(compute_dtype)
+    t = teacher.to(compute_dtype)
+    inv_t = 1.0 / temperature
+    t_scaled = t * inv_t if temperature != 1.0 else t
+    s_scaled = s1 * inv_t if temperature != 1.0 else s1
+
+    t_max, argmax = t_scaled.max(dim=-1)  # first index on ties, like torch.argmax
+    t_exp = torch.exp(t_scaled - t_max.unsqueeze(-1))
+    # Columns where the teacher has no mass contribute nothing, even if t - s is -inf - x or NaN there.
+    weighted_diff = torch.where(t_exp > 0, t_exp * (t_scaled - s_scaled), 0.0)
+    stats[:, T_MAX] = t_max
+    stats[:, T_SUMEXP] = t_exp.sum(-1)
+    stats[:, T_DIFF] = weighted_diff.sum(-1)
+    del t_exp, weighted_diff
+
+    s_max = s_scaled.amax(dim=-1)
+    stats[:, S_MAX] = s_max
+    stats[:, S_SUMEXP] = torch.exp(s_scaled - s_max.unsqueeze(-1)).sum(-1)
+    if temperature != 1.0:
+        s1_max = s1.amax(dim=-1)
+        stats[:, S1_MAX] = s1_max
+        stats[:, S1_SUMEXP] = torch.exp(s1 - s1_max.unsqueeze(-1)).sum(-1)
+    else:
+        stats[:, S1_MAX] = stats[:, S_MAX]
+        stats[:, S1_SUMEXP] = stats[:, S_SUMEXP]
+
+    owned = (local_labels >= 0) & (local_labels < v)
+    index = torch.where(owned, local_labels, 0).unsqueeze(-1)
+    stats[:, T_LABEL] = torch.where(owned, t.gather(-1, index).squeeze(-1), 0.0)
+    stats[:, S_LABEL] = torch.where(owned, s1.gather(-1, index).squeeze(-1), 0.0)
+    return stats, argmax
+
+
+def _combine_logsumexp(maxes: torch.Tensor, sumexps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[R, N] per-shard (max, sumexp) -> ([N] global max, [R, N] rescale factor of each shard)."""
+    global_max = maxes.amax(dim=0)
+    # exp(-inf - finite) = 0 for empty shards; a row whose global max is not finite stays non-finite.
+    scale = torch.exp(maxes - global_max)
+    return global_max, scale
+
+
+@dataclass
+class TokenTargets:
+    """Global per-token quantities, identical on every tensor-parallel rank. All [N], compute dtype.
+
+    lse_teacher / lse_student: log-sum-exp of t/T and s/T over the whole (unpadded) vocabulary.
+    mix: the mixing weight m of q = (1 - m) p + m e_y.
+    loss: T^2 KL(q || softmax(s/T)) per token (unweighted; garbage on rows that are not valid).
+    student_ce: -log softmax(s)_y at temperature 1.
+    teacher_correct: 1.0 where argmax p == y.
+    """
+
+    lse_teacher: torch.Tensor
+    lse_student: torch.Tensor
+    mix: torch.Tensor
+    loss: torch.Tensor
+    student_ce: torch.Tensor
+    teacher_correct: torch.Tensor
+
+
+def mixing_weight(
+    p_argmax: torch.Tensor, p_label: torch.Tensor, teacher_correct: torch.Tensor, tau: float, correct_all: bool
+) -> torch.Tensor:
+    """m per token (notes section 1): wrong rows reach q_y - q_a = tau; right rows reach q_y = c."""
+    gap = p_argmax - p_label  # >= 0
+    mix_wrong = (gap + tau) / (1.0 + gap)
+    if not correct_all:
+        return torch.where(teacher_correct, torch.zeros_like(mix_wrong), mix_wrong)
+    # c = 1 (one-hot, m = 1) if p_y > 1 - tau, else c = p_y + tau and m = tau / (1 - p_y); in that branch
+    # 1 - p_y >= tau, so the clamp only matters for tau = 0 and p_y = 1, where m = 0 is exact.
+    tiny = torch.finfo(p_label.dtype).tiny
+    mix_right = torch.where(p_label > 1.0 - tau, torch.ones_like(p_label), tau / (1.0 - p_label).clamp_min(tiny))
+    return torch.where(teacher_correct, mix_right, mix_wrong)
+
+
+def combine_statistics(
+    stats: torch.Tensor,
+    argmax: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    tau: float,
+    correct_all: bool,
+) -> TokenTargets:
+    """Global per-token targets and loss from the statistics of every shard.
+
+    Args:
+        stats: [R, N, NUM_STATS] statistics of the R vocab shards, in rank order.
+        argmax: [R, N] int64 GLOBAL column index of each shard's teacher maximum.
+        labels: [N] int64 global label ids (any value on ignored rows).
+    """
+    temp = temperature
+    t_max, t_scale = _combine_logsumexp(stats[..., T_MAX], stats[..., T_SUMEXP])
+    t_sumexp = (stats[..., T_SUMEXP] * t_scale).sum(0)
+    lse_t = t_max + torch.log(t_sumexp)
+    expected_diff = (stats[..., T_DIFF] * t_scale).sum(0) / t_sumexp  # E_p[(t - s) / T]
+
+    s_max, s_scale = _combine_logsumexp(stats[..., S_MAX], stats[..., S_SUMEXP])
+    lse_s = s_max + torch.log((stats[..., S_SUMEXP] * s_scale).sum(0))
+    s1_max, s1_scale = _combine_logsumexp(stats[..., S1_MAX], stats[..., S1_SUMEXP])
+    lse_s1 = s1_max + torch.log((stats[..., S1_SUMEXP] * s1_scale).sum(0))
+
+    t_label = stats[..., T_LABEL].sum(0)
+    s_label = stats[..., S_LABEL].sum(0)
+
+    # Global argmax: the largest shard maximum, ties to the lowest rank (= lowest global index).
+    winner = (stats[..., T_MAX] == t_max).to(torch.uint8).argmax(dim=0)
+    teacher_argmax = argmax.gather(0, winner.unsqueeze(0)).squeeze(0)
+    teacher_correct = teacher_argmax == labels
+
+    log_p_label = t_label / temp - lse_t
+    log_r_label = s_label / temp - lse_s
+    p_label = torch.exp(log_p_label)
+    p_argmax = torch.exp(t_max - lse_t)
+    mix = mixing_weight(p_argmax, p_label, teacher_correct, tau, correct_all)
+
+    keep = 1.0 - mix
+    q_label = keep * p_label + mix
+    kl_p_r = expected_diff - lse_t + lse_s
+    label_term_p = torch.where(p_label > 0, p_label * (log_p_label - log_r_label), 0.0)
+    label_term_q = torch.where(q_label > 0, torch.xlogy(q_label, q_label) - q_label * log_r_label, 0.0)
+    kl = torch.xlogy(keep, keep) * (1.0 - p_label) + keep * (kl_p_r - label_term_p) + label_term_q
+    return TokenTargets(
+        lse_teacher=lse_t,
+        lse_student=lse_s,
+        mix=mix,
+        loss=kl * (temp * temp),
+        student_ce=lse_s1 - s_label,
+        teacher_correct=teacher_correct.to(stats.dtype),
+    )
+
+
+def student_gradient(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    local_labels: torch.Tensor,
+    lse_teacher: torch.Tensor,
+    lse_student: torch.Tensor,
+    mix: torch.Tensor,
+    coef: torch.Tensor,
+    temperature: float,
+    compute_dtype: torch.dtype,
+) -> torch.Tensor:
+    """d loss / d s for one block of a shard (pass 2): coef * T * (softmax(s/T) - q).
+
+    Args:
+        student, teacher: [n, v] real columns of the shard.
+        local_labels: [n] as in `shard_statistics`.
+        lse_teacher, lse_student, mix: [n] from `combine_statistics`.
+        coef: [n] token weight / normalizer; rows with coef == 0 get an exact zero gradient, whatever
+            their logits hold.
+
+    Returns:
+        [n, v] gradient in compute_dtype.
+    """
+    n, v = student.shape
+    inv_t = 1.0 / temperature
+    s = student.to(compute_dtype) * inv_t
+    t = teacher.to(compute_dtype) * inv_t
+    grad = torch.exp(s - lse_student.unsqueeze(-1))
+    grad -= (1.0 - mix).unsqueeze(-1) * torch.exp(t - lse_teacher.unsqueeze(-1))
+    owned = (local_labels >= 0) & (local_labels < v)
+    rows = owned.nonzero().squeeze(-1)
+    grad[rows, local_labels[rows]] -= mix[rows]
+    scale = (coef * temperature).unsqueeze(-1)
+    return torch.where(scale != 0, grad * scale, 0.0)
