@@ -1,0 +1,242 @@
+"""Structured schema of a finetuning recipe (the YAML files in `conf/`).
+
+Section names follow Megatron-Bridge's ConfigContainer (model, train, optimizer, scheduler, dataset,
+tokenizer, checkpoint, logger) plus `mft` and `evaluation`. Hydra merges a recipe onto these
+dataclasses, so an unknown key is rejected while composing; `validate_config` turns the merged config
+into these objects, whose `__post_init__` checks values, before any process group or model exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+METHODS = ("mft", "ft", "kd", "mft_incorrect_only")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _positive(section: str, **values) -> None:
+    for name, value in values.items():
+        _require(isinstance(value, int) and value >= 1, f"{section}.{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass
+class ModelSection:
+    """A megatron-core GPT (local transformer spec) and its parallel layout."""
+
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None
+    ffn_hidden_size: Optional[int] = None
+    kv_channels: Optional[int] = None
+    normalization: str = "LayerNorm"  # or RMSNorm
+    activation: str = "gelu"  # or swiglu
+    position_embedding_type: str = "rope"  # or learned_absolute
+    rotary_base: int = 10000
+    add_bias_linear: bool = True
+    share_embeddings_and_output_weights: bool = False
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    make_vocab_size_divisible_by: int = 128
+    params_dtype: str = "fp32"  # or bf16 (GPU)
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    context_parallel_size: int = 1
+    sequence_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(
+            "model", num_layers=self.num_layers, hidden_size=self.hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            tensor_model_parallel_size=self.tensor_model_parallel_size,
+            pipeline_model_parallel_size=self.pipeline_model_parallel_size,
+            make_vocab_size_divisible_by=self.make_vocab_size_divisible_by,
+        )
+        _require(self.hidden_size % self.num_attention_heads == 0 or self.kv_channels is not None,
+                 f"model.hidden_size {self.hidden_size} must be divisible by num_attention_heads "
+                 f"{self.num_attention_heads} (or set model.kv_channels)")
+        _require(self.num_attention_heads % self.tensor_model_parallel_size == 0,
+                 f"model.num_attention_heads {self.num_attention_heads} must be divisible by "
+                 f"tensor_model_parallel_size {self.tensor_model_parallel_size}")
+        groups = self.num_query_groups or self.num_attention_heads
+        _require(self.num_attention_heads % groups == 0 and groups % self.tensor_model_parallel_size == 0,
+                 f"model.num_query_groups {groups} must divide num_attention_heads and be divisible by "
+                 f"tensor_model_parallel_size")
+        _require(self.num_layers % self.pipeline_model_parallel_size == 0,
+                 f"model.num_layers {self.num_layers} must be divisible by pipeline_model_parallel_size "
+                 f"{self.pipeline_model_parallel_size}")
+        _require(self.virtual_pipeline_model_parallel_size is None,
+                 "model.virtual_pipeline_model_parallel_size is not supported (the teacher runs stage by "
+                 "stage beside the student); leave it null")
+        _require(self.context_parallel_size == 1, "model.context_parallel_size > 1 is not supported yet")
+        _require(self.normalization in ("LayerNorm", "RMSNorm"),
+                 f"model.normalization must be LayerNorm or RMSNorm, got {self.normalization!r}")
+        _require(self.activation in ("gelu", "swiglu"), f"model.activation must be gelu or swiglu, got {self.activation!r}")
+        _require(self.position_embedding_type in ("rope", "learned_absolute"),
+                 f"model.position_embedding_type must be rope or learned_absolute, got {self.position_embedding_type!r}")
+        _require(self.params_dtype in ("fp32", "bf16"), f"model.params_dtype must be fp32 or bf16, got {self.params_dtype!r}")
+        _require(not self.sequence_parallel or self.tensor_model_parallel_size > 1,
+                 "model.sequence_parallel needs tensor_model_parallel_size > 1")
+        for name in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"model.{name} must be in [0, 1), got {value!r}")
+
+
+@dataclass
+class TrainSection:
+    train_iters: int = 100
+    global_batch_size: int = 8
+    micro_batch_size: int = 2
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        _positive("train", train_iters=self.train_iters, global_batch_size=self.global_batch_size,
+                  micro_batch_size=self.micro_batch_size)
+        _require(self.global_batch_size % self.micro_batch_size == 0,
+                 f"train.global_batch_size {self.global_batch_size} must be a multiple of micro_batch_size "
+                 f"{self.micro_batch_size}")
+
+
+@dataclass
+class OptimizerSection:
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.optimizer in ("adam", "sgd"), f"optimizer.optimizer must be adam or sgd, got {self.optimizer!r}")
+        _require(self.lr > 0, f"optimizer.lr must be > 0, got {self.lr!r}")
+        _require(0 <= self.min_lr <= self.lr, f"optimizer.min_lr must be in [0, lr], got {self.min_lr!r}")
+        _require(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay!r}")
+        _require(self.clip_grad >= 0, f"optimizer.clip_grad must be >= 0 (0 disables), got {self.clip_grad!r}")
+
+
+@dataclass
+class SchedulerSection:
+    lr_warmup_iters: int = 0
+    lr_decay_style: str = "cosine"
+    lr_decay_iters: Optional[int] = None  # null: train.train_iters
+
+    def __post_init__(self) -> None:
+        _require(self.lr_decay_style in ("constant", "linear", "cosine"),
+                 f"scheduler.lr_decay_style must be constant, linear or cosine, got {self.lr_decay_style!r}")
+        _require(self.lr_warmup_iters >= 0, f"scheduler.lr_warmup_iters must be >= 0, got {self.lr_warmup_iters!r}")
+
+
+@dataclass
+class DatasetSection:
+    dataset_root: str = MISSING  # directory with training.jsonl and validation.jsonl
+    seq_length: int = 128
+    max_samples: Optional[int] = None  # the domain budget, e.g. 500
+
+    def __post_init__(self) -> None:
+        _positive("dataset", seq_length=self.seq_length)
+        _require(self.max_samples is None or (isinstance(self.max_samples, int) and self.max_samples >= 1),
+                 f"dataset.max_samples must be null or an integer >= 1, got {self.max_samples!r}")
+
+
+@dataclass
+class TokenizerSection:
+    type: str = "byte"  # byte | huggingface
+    path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _require(self.type in ("byte", "huggingface"), f"tokenizer.type must be byte or huggingface, got {self.type!r}")
+        _require(self.type != "huggingface" or self.path, "tokenizer.path is required for tokenizer.type=huggingface")
+
+
+@dataclass
+class CheckpointSection:
+    pretrained_checkpoint: Optional[str] = None  # weights-only init; null = seeded random init (tests only)
+    save: Optional[str] = None
+    save_interval: Optional[int] = None  # null: only at the end
+    load: Optional[str] = None  # full resume: model, optimizer, scheduler, RNG, data position
+    keep_last: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.save_interval is None or self.save_interval >= 1,
+                 f"checkpoint.save_interval must be null or >= 1, got {self.save_interval!r}")
+        _positive("checkpoint", keep_last=self.keep_last)
+
+
+@dataclass
+class LoggerSection:
+    log_dir: str = "runs/mft"
+    log_interval: int = 1
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _positive("logger", log_interval=self.log_interval)
+
+
+@dataclass
+class EvaluationSection:
+    general_data: Optional[str] = None  # jsonl of {"text"} lines from the general domain
+    eval_interval: Optional[int] = None  # null: only at the start and the end
+    max_eval_windows: int = 64  # per evaluation set, of seq_length tokens each
+
+    def __post_init__(self) -> None:
+        _require(self.eval_interval is None or self.eval_interval >= 1,
+                 f"evaluation.eval_interval must be null or >= 1, got {self.eval_interval!r}")
+        _positive("evaluation", max_eval_windows=self.max_eval_windows)
+
+
+@dataclass
+class MFTSection:
+    method: str = "mft"  # mft | ft | kd | mft_incorrect_only
+    tau: float = 0.25
+    temperature: float = 1.0
+    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require(self.method in METHODS, f"mft.method must be one of {METHODS}, got {self.method!r}")
+        _require(0.0 <= self.tau <= 1.0, f"mft.tau must be in [0, 1], got {self.tau!r}")
+        _require(self.temperature > 0, f"mft.temperature must be > 0, got {self.temperature!r}")
+        _require(self.impl in ("auto", "torch", "triton"), f"mft.impl must be auto, torch or triton, got {self.impl!r}")
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    dataset: DatasetSection = field(default_factory=DatasetSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logger: LoggerSection = field(default_factory=LoggerSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    mft: MFTSection = field(default_factory=MFTSection)
+
+    def __post_init__(self) -> None:
+        _require(self.scheduler.lr_warmup_iters <= self.train.train_iters,
+                 "scheduler.lr_warmup_iters must not exceed train.train_iters")
+
+    def check_world(self, world_size: int) -> int:
+        """Data-parallel size for ``world_size`` processes; raises on an impossible layout."""
+        model_parallel = self.model.tensor_model_parallel_size * self.model.pipeline_model_parallel_size
+        _require(world_size % model_parallel == 0,
+                 f"{world_size} processes cannot be split into tensor_model_parallel_size "
+                 f"{self.model.tensor_model_parallel_size} x pipeline_model_parallel_size "
+                 f"{self.model.pipeline_model_parallel_size}")
+        dp_size = world_size // model_parallel
+        per_step = self.train.micro_batch_size * dp_size
+        _require(self.train.global_batch_size % per_step == 0,
+                 f"train.global_batch_size {self.train.global_batch_size} must be a multiple of "
+                 f"micro_batch_size x data-parallel size = {self.train.micro_batch_size} x {dp_size}")
+        return dp_size
