@@ -32,6 +32,18 @@ class LossCall:
     token_shape: torch.Size  # labels' shape, for error positions
 
 
+def _writable_in_place(student: torch.Tensor, teacher: torch.Tensor, grad_dtype: torch.dtype) -> bool:
+    """Whether the gradient can overwrite the student buffer: same dtype, unit column stride, rows
+    that do not overlap, and no storage shared with the teacher (which pass 2 still reads)."""
+    n, width = student.shape
+    return (
+        student.dtype == grad_dtype
+        and (student.stride(1) == 1 or width == 1)
+        and (n <= 1 or student.stride(0) >= width)
+        and student.untyped_storage().data_ptr() != teacher.untyped_storage().data_ptr()
+    )
+
+
 class MFTLossFunction(torch.autograd.Function):
     """(student [N, V_local], teacher [N, V_local], labels [N], weights [N]) -> (loss, summary [4]).
 
@@ -39,6 +51,9 @@ class MFTLossFunction(torch.autograd.Function):
     reductions "mean"/"sum" and [N] w * l for "none". Backward costs nothing when the incoming
     gradient is the scalar 1; otherwise it is one scaling pass over the stored gradient (for 16-bit
     logits that rounds the gradient a second time: it is stored in the logits' dtype).
+
+    With ``options.inplace_grad`` the gradient is written into the student buffer in forward (when
+    `_writable_in_place` allows; otherwise into a new buffer) and that buffer is returned as the grad.
     """
 
     @staticmethod
@@ -55,10 +70,7 @@ class MFTLossFunction(torch.autograd.Function):
         targets = formulas.combine_statistics(
             all_stats, all_argmax, labels, opts.temperature, opts.tau, opts.correct_all
         )
-        finite = (
-            torch.isfinite(targets.loss) & torch.isfinite(targets.lse_teacher) & torch.isfinite(targets.lse_student)
-        )
-        check_finite_tokens(finite, valid, call.token_shape)
+        check_finite_tokens(targets.finite(), valid, call.token_shape)
 
         def weighted(values: torch.Tensor) -> torch.Tensor:
             return torch.where(valid, values * weights, 0.0)
@@ -85,9 +97,14 @@ class MFTLossFunction(torch.autograd.Function):
             coef = weights if normalizer is None else weights / normalizer
             # Per-token scaling in backward ("none") happens in fp32 before the one rounding.
             grad_dtype = compute_dtype if opts.reduction == "none" else student.dtype
+            out = student.detach() if opts.inplace_grad and _writable_in_place(student, teacher, grad_dtype) else None
             grad = call.backend.gradient(
-                student, teacher, local_labels, layout, targets, coef, opts.temperature, grad_dtype
+                student, teacher, local_labels, layout, targets, coef, opts.temperature, grad_dtype, out=out
             )
+            if out is not None:
+                # Kernels write through raw pointers: bump the logits' version so that any other
+                # autograd node that saved them fails loudly instead of using the gradient as logits.
+                torch.autograd.graph.increment_version(out)
             ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(summary)
         return loss, summary

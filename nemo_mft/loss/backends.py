@@ -42,8 +42,13 @@ class Backend(Protocol):
     def gradient(
         self, student: torch.Tensor, teacher: torch.Tensor, local_labels: torch.Tensor, layout: ShardLayout,
         targets: formulas.TokenTargets, coef: torch.Tensor, temperature: float, grad_dtype: torch.dtype,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Pass 2 -> [N, V_local] gradient in grad_dtype, zero on padding columns and on rows with coef 0."""
+        """Pass 2 -> [N, V_local] gradient in grad_dtype, zero on padding columns and on rows with coef 0.
+
+        ``out``: [N, V_local] buffer of grad_dtype with column stride 1 to write into and return (may be
+        ``student`` itself: the gradient then overwrites the logits in place); None = a new tensor.
+        """
 
 
 def _row_blocks(num_rows: int, width: int, device: torch.device):
@@ -66,16 +71,18 @@ class TorchBackend:
             )
         return stats, argmax
 
-    def gradient(self, student, teacher, local_labels, layout, targets, coef, temperature, grad_dtype):
+    def gradient(self, student, teacher, local_labels, layout, targets, coef, temperature, grad_dtype, out=None):
         n, width = student.shape
-        grad = torch.empty(n, width, dtype=grad_dtype, device=student.device)
+        # In place (out is student) is safe: each row block is read completely before it is written,
+        # and padding columns are never read.
+        grad = out if out is not None else torch.empty(n, width, dtype=grad_dtype, device=student.device)
         grad[:, layout.real_width:] = 0
         cols = slice(0, layout.real_width)
         compute_dtype = targets.mix.dtype
         for rows in _row_blocks(n, layout.real_width, student.device):
             grad[rows, cols] = formulas.student_gradient(
-                student[rows, cols], teacher[rows, cols], local_labels[rows], targets.lse_teacher[rows],
-                targets.lse_student[rows], targets.mix[rows], coef[rows], temperature, compute_dtype,
+                student[rows, cols], teacher[rows, cols], local_labels[rows], targets.rows(rows), coef[rows],
+                temperature, compute_dtype,
             )
         return grad
 

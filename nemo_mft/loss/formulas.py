@@ -12,16 +12,22 @@ of all shards into the global per-token quantities, including the loss in closed
 with r = softmax(s/T), P = 1 - m, q_y = P p_y + m, and KL(p || r) = E_p[(t - s)/T] - lse_t + lse_s, where
 E_p[(t - s)/T] is accumulated directly from the logit differences (accurate when p is close to r).
 The second pass (`student_gradient`) only produces the gradient T (r - q).
+
+Precision: a log-sum-exp is carried as its two parts, the row maximum M and log Z = log sum exp(x - M),
+never as the sum M + log Z. With logits of size 3e4 an fp32 ulp is 2e-3, so rounding M + log Z would put
+a relative error of 1e-3 on every probability; exp((x - M) - log Z) is exact to fp32 rounding instead,
+because x - M is computed exactly. For the same reason a label logit is scaled by 1/T with the very same
+fp32 operation (`scale_by_temperature`) that produced the maximum it is compared with.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 # Columns of the per-shard statistics, one row per token, in the compute dtype (fp32 or fp64).
-# Max/sum-exp pairs are "online softmax" partials: lse = max + log(sumexp).
+# Max/sum-exp pairs are "online softmax" partials: log-sum-exp = max + log(sumexp).
 T_MAX = 0  # max_v t_v / T over this shard's real (non-padding) columns; -inf if it has none
 T_SUMEXP = 1  # sum_v exp(t_v / T - T_MAX)
 T_DIFF = 2  # sum_v exp(t_v / T - T_MAX) * (t_v - s_v) / T      (unnormalized E_p[(t - s) / T])
@@ -29,9 +35,14 @@ S_MAX = 3  # max_v s_v / T
 S_SUMEXP = 4  # sum_v exp(s_v / T - S_MAX)
 S1_MAX = 5  # max_v s_v               (temperature 1, for the student's cross-entropy)
 S1_SUMEXP = 6  # sum_v exp(s_v - S1_MAX)
-T_LABEL = 7  # t_y if this shard owns the label, else 0 (summed over shards)
+T_LABEL = 7  # t_y (unscaled) if this shard owns the label, else 0 (summed over shards)
 S_LABEL = 8  # s_y if this shard owns the label, else 0
 NUM_STATS = 9
+
+
+def scale_by_temperature(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """x / T as every pass computes it (multiplication by the reciprocal; identity at T = 1)."""
+    return x if temperature == 1.0 else x * (1.0 / temperature)
 
 
 def shard_statistics(
@@ -63,9 +74,8 @@ def shard_statistics(
 
     s1 = student.to(compute_dtype)
     t = teacher.to(compute_dtype)
-    inv_t = 1.0 / temperature
-    t_scaled = t * inv_t if temperature != 1.0 else t
-    s_scaled = s1 * inv_t if temperature != 1.0 else s1
+    t_scaled = scale_by_temperature(t, temperature)
+    s_scaled = scale_by_temperature(s1, temperature)
 
     t_max, argmax = t_scaled.max(dim=-1)  # first index on ties, like torch.argmax
     t_exp = torch.exp(t_scaled - t_max.unsqueeze(-1))
@@ -106,19 +116,34 @@ def _combine_logsumexp(maxes: torch.Tensor, sumexps: torch.Tensor) -> tuple[torc
 class TokenTargets:
     """Global per-token quantities, identical on every tensor-parallel rank. All [N], compute dtype.
 
-    lse_teacher / lse_student: log-sum-exp of t/T and s/T over the whole (unpadded) vocabulary.
+    teacher_max, teacher_log_norm: max_v t_v/T and log sum_v exp(t_v/T - teacher_max) over the whole
+        (unpadded) vocabulary, so log p_v = (t_v/T - teacher_max) - teacher_log_norm.
+    student_max, student_log_norm: the same for s/T.
     mix: the mixing weight m of q = (1 - m) p + m e_y.
     loss: T^2 KL(q || softmax(s/T)) per token (unweighted; garbage on rows that are not valid).
     student_ce: -log softmax(s)_y at temperature 1.
     teacher_correct: 1.0 where argmax p == y.
     """
 
-    lse_teacher: torch.Tensor
-    lse_student: torch.Tensor
+    teacher_max: torch.Tensor
+    teacher_log_norm: torch.Tensor
+    student_max: torch.Tensor
+    student_log_norm: torch.Tensor
     mix: torch.Tensor
     loss: torch.Tensor
     student_ce: torch.Tensor
     teacher_correct: torch.Tensor
+
+    def rows(self, index: torch.Tensor | slice) -> "TokenTargets":
+        """The same targets for a subset of tokens."""
+        return TokenTargets(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def finite(self) -> torch.Tensor:
+        """[N] bool: every per-token quantity is finite (false for a row with a non-finite logit)."""
+        ok = torch.isfinite(self.loss)
+        for value in (self.teacher_max, self.teacher_log_norm, self.student_max, self.student_log_norm):
+            ok &= torch.isfinite(value)
+        return ok
 
 
 def mixing_weight(
@@ -154,13 +179,13 @@ def combine_statistics(
     temp = temperature
     t_max, t_scale = _combine_logsumexp(stats[..., T_MAX], stats[..., T_SUMEXP])
     t_sumexp = (stats[..., T_SUMEXP] * t_scale).sum(0)
-    lse_t = t_max + torch.log(t_sumexp)
+    log_zt = torch.log(t_sumexp)
     expected_diff = (stats[..., T_DIFF] * t_scale).sum(0) / t_sumexp  # E_p[(t - s) / T]
 
     s_max, s_scale = _combine_logsumexp(stats[..., S_MAX], stats[..., S_SUMEXP])
-    lse_s = s_max + torch.log((stats[..., S_SUMEXP] * s_scale).sum(0))
+    log_zs = torch.log((stats[..., S_SUMEXP] * s_scale).sum(0))
     s1_max, s1_scale = _combine_logsumexp(stats[..., S1_MAX], stats[..., S1_SUMEXP])
-    lse_s1 = s1_max + torch.log((stats[..., S1_SUMEXP] * s1_scale).sum(0))
+    log_zs1 = torch.log((stats[..., S1_SUMEXP] * s1_scale).sum(0))
 
     t_label = stats[..., T_LABEL].sum(0)
     s_label = stats[..., S_LABEL].sum(0)
@@ -170,24 +195,26 @@ def combine_statistics(
     teacher_argmax = argmax.gather(0, winner.unsqueeze(0)).squeeze(0)
     teacher_correct = teacher_argmax == labels
 
-    log_p_label = t_label / temp - lse_t
-    log_r_label = s_label / temp - lse_s
+    log_p_label = (scale_by_temperature(t_label, temp) - t_max) - log_zt
+    log_r_label = (scale_by_temperature(s_label, temp) - s_max) - log_zs
     p_label = torch.exp(log_p_label)
-    p_argmax = torch.exp(t_max - lse_t)
+    p_argmax = torch.exp(-log_zt)
     mix = mixing_weight(p_argmax, p_label, teacher_correct, tau, correct_all)
 
     keep = 1.0 - mix
     q_label = keep * p_label + mix
-    kl_p_r = expected_diff - lse_t + lse_s
+    kl_p_r = expected_diff + (s_max - t_max) + (log_zs - log_zt)
     label_term_p = torch.where(p_label > 0, p_label * (log_p_label - log_r_label), 0.0)
     label_term_q = torch.where(q_label > 0, torch.xlogy(q_label, q_label) - q_label * log_r_label, 0.0)
     kl = torch.xlogy(keep, keep) * (1.0 - p_label) + keep * (kl_p_r - label_term_p) + label_term_q
     return TokenTargets(
-        lse_teacher=lse_t,
-        lse_student=lse_s,
+        teacher_max=t_max,
+        teacher_log_norm=log_zt,
+        student_max=s_max,
+        student_log_norm=log_zs,
         mix=mix,
         loss=kl * (temp * temp),
-        student_ce=lse_s1 - s_label,
+        student_ce=(s1_max - s_label) + log_zs1,
         teacher_correct=teacher_correct.to(stats.dtype),
     )
 
@@ -196,9 +223,7 @@ def student_gradient(
     student: torch.Tensor,
     teacher: torch.Tensor,
     local_labels: torch.Tensor,
-    lse_teacher: torch.Tensor,
-    lse_student: torch.Tensor,
-    mix: torch.Tensor,
+    targets: TokenTargets,
     coef: torch.Tensor,
     temperature: float,
     compute_dtype: torch.dtype,
@@ -208,7 +233,7 @@ def student_gradient(
     Args:
         student, teacher: [n, v] real columns of the shard.
         local_labels: [n] as in `shard_statistics`.
-        lse_teacher, lse_student, mix: [n] from `combine_statistics`.
+        targets: `combine_statistics` output restricted to these n rows (see `TokenTargets.rows`).
         coef: [n] token weight / normalizer; rows with coef == 0 get an exact zero gradient, whatever
             their logits hold.
 
@@ -216,11 +241,12 @@ def student_gradient(
         [n, v] gradient in compute_dtype.
     """
     n, v = student.shape
-    inv_t = 1.0 / temperature
-    s = student.to(compute_dtype) * inv_t
-    t = teacher.to(compute_dtype) * inv_t
-    grad = torch.exp(s - lse_student.unsqueeze(-1))
-    grad -= (1.0 - mix).unsqueeze(-1) * torch.exp(t - lse_teacher.unsqueeze(-1))
+    s = scale_by_temperature(student.to(compute_dtype), temperature)
+    t = scale_by_temperature(teacher.to(compute_dtype), temperature)
+    mix = targets.mix
+    grad = torch.exp((s - targets.student_max.unsqueeze(-1)) - targets.student_log_norm.unsqueeze(-1))
+    teacher_prob = torch.exp((t - targets.teacher_max.unsqueeze(-1)) - targets.teacher_log_norm.unsqueeze(-1))
+    grad -= (1.0 - mix).unsqueeze(-1) * teacher_prob
     owned = (local_labels >= 0) & (local_labels < v)
     rows = owned.nonzero().squeeze(-1)
     grad[rows, local_labels[rows]] -= mix[rows]

@@ -112,6 +112,7 @@ def mft_loss(
     tp_group: dist.ProcessGroup | None = None,
     impl: str = "auto",
     return_stats: bool = False,
+    inplace_grad: bool = False,
 ):
     """Minifinetuning loss: T^2 KL(q || softmax(s/T)) with the teacher target corrected toward the label.
 
@@ -129,6 +130,14 @@ def mft_loss(
             shard (rank r holds columns [r V_local, (r+1) V_local)); every rank returns the global loss.
         impl: "auto", "torch" or "triton".
         return_stats: also return an `MFTStats` (teacher accuracy, mean m, student CE over valid tokens).
+        inplace_grad: when the student logits need a gradient, write it into their buffer during this
+            call instead of allocating a new [..., V_local] one; backward then hands that buffer on
+            (with no extra pass when the incoming gradient is the usual scalar 1). The logits' values
+            are destroyed: use only when nothing reads them after the loss. Their autograd version is
+            bumped, so an op that saved them for its backward raises instead of computing garbage.
+            Falls back to a new buffer (same result) when the gradient's dtype differs from the
+            logits' (reduction "none" with 16-bit logits keeps an fp32 gradient), when their last
+            dimension is strided, or when they share storage with the teacher logits.
 
     Returns:
         loss (fp32, fp64 for fp64 inputs), or (loss, MFTStats). No valid token gives 0 and a zero gradient.
@@ -139,7 +148,7 @@ def mft_loss(
     """
     options = MFTOptions(
         tau=tau, temperature=temperature, correct_all=correct_all, ignore_index=ignore_index,
-        reduction=reduction, impl=impl,
+        reduction=reduction, impl=impl, inplace_grad=inplace_grad,
     )
     return compute_mft_loss(
         student_logits, teacher_logits, labels, options, loss_mask=loss_mask, vocab_size=vocab_size,

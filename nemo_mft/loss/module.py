@@ -20,11 +20,12 @@ class MFTLoss(torch.nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         impl: str = "auto",
+        inplace_grad: bool = False,
     ) -> None:
         super().__init__()
         self.options = MFTOptions(
             tau=tau, temperature=temperature, correct_all=correct_all, ignore_index=ignore_index,
-            reduction=reduction, impl=impl,
+            reduction=reduction, impl=impl, inplace_grad=inplace_grad,
         )
 
     def forward(

@@ -23,6 +23,10 @@ class MFTOptions:
         reduction: "mean" (sum of w*l over sum of w), "sum" or "none" (per-token w*l).
         impl: "torch" (chunked PyTorch), "triton" (fused kernels), or "auto" (Triton on CUDA when
             available, PyTorch otherwise).
+        inplace_grad: write the gradient into the student logits' buffer during the forward call
+            instead of a new [N, V_local] buffer (saves one logits-sized allocation). The logits are
+            then destroyed: only for callers that do not use them after the loss (e.g. Megatron's
+            output layer, whose backward does not need its output). See `mft_loss`.
     """
 
     tau: float = 0.25
@@ -31,6 +35,7 @@ class MFTOptions:
     ignore_index: int = -100
     reduction: str = "mean"
     impl: str = "auto"
+    inplace_grad: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tau, (int, float)) and 0.0 <= self.tau <= 1.0):
@@ -42,5 +47,7 @@ class MFTOptions:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        if not isinstance(self.inplace_grad, bool):
+            raise ValueError(f"inplace_grad must be a bool, got {self.inplace_grad!r}")
         if not isinstance(self.ignore_index, int):
             raise ValueError(f"ignore_index must be an int, got {self.ignore_index!r}")
