@@ -13,7 +13,7 @@ setup(
     extras_require={
         "megatron": ["megatron-core>=0.16"],
         "triton": ["triton>=3.6"],
-        "recipes": ["hydra-core>=1.3", "omegaconf>=2.3", "tqdm", "matplotlib", "tensorboard", "safetensors"],
+        "recipes": ["hydra-core>=1.3", "omegaconf>=2.3", "tqdm", "matplotlib", "tensorboard", "safetensors", "tokenizers"],
         "test": ["pytest", "nvidia-modelopt>=0.35"],
     },
 )

@@ -1,0 +1,102 @@
+"""Reading jsonl training / evaluation files into (prompt, answer) rows, with file:line errors.
+
+One JSON object per line, in one of three formats, detected per row (a file may mix rows of
+different formats, but a single row may not mix keys of two formats):
+
+=========================  ==================  =====================================
+keys                       prompt              answer (the part that gets loss)
+=========================  ==================  =====================================
+``{"input", "output"}``    ``input``           ``output``   (NeMo / Megatron-Bridge SFT)
+``{"prompt", "completion"}`` ``prompt``        ``completion`` (NeMo Customizer)
+``{"text"}``               ``""``              ``text``     (loss on every token)
+=========================  ==================  =====================================
+
+Other keys (``"id"``, ``"category"``, ...) are ignored. Prompt and answer are used as given: any
+separator or template belongs in the data. Chat rows (``{"messages": [...]}``) are not supported.
+
+Every problem raises ``ValueError("<path>:<line>: <what>")`` (1-based line numbers): invalid JSON or
+UTF-8, a line that is not a JSON object, missing keys, keys of two formats in one row, a non-string
+value, and a blank line followed by more rows. Blank lines at the end of the file are fine; a file
+with no rows raises ``ValueError("<path>: no rows ...")``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["Row", "FORMATS", "read_jsonl_rows", "parse_row"]
+
+# format name -> (prompt key or None, answer key)
+FORMATS: dict[str, tuple[Optional[str], str]] = {
+    "input_output": ("input", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": (None, "text"),
+}
+_FORMAT_KEYS = {name: {k for k in keys if k is not None} for name, keys in FORMATS.items()}
+_ALL_KEYS = set().union(*_FORMAT_KEYS.values())
+
+
+@dataclass(frozen=True)
+class Row:
+    """One example. ``prompt`` gets no loss, ``answer`` does; ``line`` is the 1-based source line."""
+
+    prompt: str
+    answer: str
+    format: str
+    line: int
+
+
+def parse_row(obj: object, where: str, line: int) -> Row:
+    """Validate one decoded JSON value and detect its format. ``where`` prefixes error messages."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    present = _ALL_KEYS & obj.keys()
+    matches = [name for name, keys in _FORMAT_KEYS.items() if present & keys]
+    if not matches:
+        raise ValueError(
+            f"{where}: no known keys; expected {{'input','output'}}, {{'prompt','completion'}} or {{'text'}}, "
+            f"got keys {sorted(obj.keys())}"
+        )
+    if len(matches) > 1:
+        raise ValueError(f"{where}: row mixes keys of several formats: {sorted(present)}")
+    fmt = matches[0]
+    missing = _FORMAT_KEYS[fmt] - obj.keys()
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {sorted(missing)} for format {fmt} (got {sorted(present)})")
+    for key in sorted(_FORMAT_KEYS[fmt]):
+        if not isinstance(obj[key], str):
+            raise ValueError(f"{where}: value of {key!r} must be a string, got {type(obj[key]).__name__}")
+    prompt_key, answer_key = FORMATS[fmt]
+    return Row(prompt=obj[prompt_key] if prompt_key else "", answer=obj[answer_key], format=fmt, line=line)
+
+
+def read_jsonl_rows(path: str) -> list[Row]:
+    """All rows of a jsonl file, in file order. See the module docstring for formats and errors."""
+    path = str(path)
+    rows: list[Row] = []
+    blank_line: Optional[int] = None  # first blank line seen since the last row
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where}: invalid UTF-8: {exc}") from None
+            if lineno == 1:
+                text = text.lstrip("\ufeff")
+            if not text.strip():
+                if blank_line is None:
+                    blank_line = lineno
+                continue
+            if blank_line is not None:
+                raise ValueError(f"{path}:{blank_line}: empty line in the middle of the file")
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            rows.append(parse_row(obj, where, lineno))
+    if not rows:
+        raise ValueError(f"{path}: no rows (the file is empty or blank)")
+    return rows

@@ -1,0 +1,67 @@
+"""jsonl reading: the three formats and every error kind, with file:line in the message."""
+
+import re
+
+import pytest
+
+from nemo_mft.data.jsonl import read_jsonl_rows
+
+
+def write(tmp_path, text, name="training.jsonl"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_three_formats_detected_per_row(tmp_path):
+    path = write(tmp_path, '{"input": "Q: 1+1?", "output": " 2", "id": 7}\n'
+                           '{"prompt": "Say hi", "completion": " hi"}\n'
+                           '{"text": "plain text"}\n\n  \n')  # trailing blank lines are fine
+    rows = read_jsonl_rows(path)
+    assert [(r.prompt, r.answer, r.format, r.line) for r in rows] == [
+        ("Q: 1+1?", " 2", "input_output", 1),
+        ("Say hi", " hi", "prompt_completion", 2),
+        ("", "plain text", "text", 3),
+    ]
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('{"input": "a", "output": ', "invalid JSON"),
+    ('[1, 2]', "expected a JSON object"),
+    ('{"input": "a"}', r"missing key\(s\) \['output'\]"),
+    ('{"completion": "a"}', r"missing key\(s\) \['prompt'\]"),
+    ('{"input": "a", "completion": "b"}', "row mixes keys of several formats"),
+    ('{"text": "a", "output": "b", "input": "c"}', "row mixes keys of several formats"),
+    ('{"messages": []}', "no known keys"),
+    ('{"input": "a", "output": 3}', "value of 'output' must be a string"),
+    ('{"text": null}', "value of 'text' must be a string"),
+])
+def test_malformed_line_names_file_and_line(tmp_path, bad_line, message):
+    path = write(tmp_path, '{"text": "ok"}\n{"text": "ok"}\n' + bad_line + '\n{"text": "ok"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: ") + message):
+        read_jsonl_rows(path)
+
+
+def test_empty_line_in_the_middle(tmp_path):
+    path = write(tmp_path, '{"text": "a"}\n\n{"text": "b"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: empty line in the middle")):
+        read_jsonl_rows(path)
+
+
+def test_invalid_utf8(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "a"}\n{"text": "\xff"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: invalid UTF-8")):
+        read_jsonl_rows(str(path))
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_file(tmp_path, content):
+    path = write(tmp_path, content)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: no rows")):
+        read_jsonl_rows(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_jsonl_rows(str(tmp_path / "nope.jsonl"))

@@ -1,0 +1,126 @@
+"""Sample layout: loss-mask boundaries on hand-made examples, truncation, max_samples, eval windows."""
+
+import json
+
+import pytest
+import torch
+
+from nemo_mft.data.samples import build_sft_dataset, pack_sample
+from nemo_mft.data.tokenizers import ByteTokenizer
+from nemo_mft.data.windows import build_text_eval_dataset
+
+TOK = ByteTokenizer()
+PAD, BOS, EOS = TOK.pad_id, TOK.bos_id, TOK.eos_id
+a, b, c, d, x, y = (ord(ch) for ch in "abcdxy")
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def as_lists(sample):
+    return [t.tolist() for t in sample[:3]] + [sample[3]]
+
+
+def test_prompt_answer_boundary_after_shift():
+    # full = [BOS a b | c d EOS]; the position whose input is the last prompt token 'b' predicts 'c'.
+    got = as_lists(pack_sample([a, b], [c, d], seq_length=8, pad_id=PAD, eos_id=EOS, bos_id=BOS))
+    assert got == [
+        [BOS, a, b, c, d, PAD, PAD, PAD],
+        [a, b, c, d, EOS, PAD, PAD, PAD],
+        [0, 0, 1, 1, 1, 0, 0, 0],
+        False,
+    ]
+
+
+def test_truncation_keeps_prompt_start():
+    got = as_lists(pack_sample([a, b], [c, d], seq_length=4, pad_id=PAD, eos_id=EOS, bos_id=BOS))
+    assert got == [[BOS, a, b, c], [a, b, c, d], [0, 0, 1, 1], True]
+    # exactly S + 1 tokens fits without truncation
+    assert pack_sample([a, b], [c], seq_length=4, pad_id=PAD, eos_id=EOS, bos_id=BOS)[3] is False
+    # a prompt that fills the window leaves no loss
+    _, _, mask, truncated = pack_sample([a] * 6, [c], seq_length=4, pad_id=PAD, eos_id=EOS, bos_id=BOS)
+    assert truncated and mask.sum() == 0
+
+
+def test_text_format_loss_on_all_tokens():
+    with_bos = as_lists(pack_sample([], [x, y], seq_length=4, pad_id=PAD, eos_id=EOS, bos_id=BOS))
+    assert with_bos == [[BOS, x, y, PAD], [x, y, EOS, PAD], [1, 1, 1, 0], False]
+    no_bos = as_lists(pack_sample([], [x, y], seq_length=4, pad_id=PAD, eos_id=EOS, bos_id=None))
+    assert no_bos == [[x, y, PAD, PAD], [y, EOS, PAD, PAD], [1, 1, 0, 0], False]
+
+
+def test_build_sft_dataset_each_format(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [
+        {"input": "ab", "output": "cd"}, {"prompt": "ab", "completion": "cd"}, {"text": "xy"}])
+    ds = build_sft_dataset(path, TOK, 6)
+    assert len(ds) == 3 and ds.seq_length == 6 and ds.source_lines == [1, 2, 3]
+    assert ds.loss_mask.dtype == torch.float32 and ds.tokens.dtype == torch.int64
+    assert ds.loss_mask.tolist() == [[0, 0, 1, 1, 1, 0]] * 2 + [[1, 1, 1, 0, 0, 0]]
+    item = ds[0]
+    assert set(item) == {"tokens", "labels", "loss_mask", "position_ids"}
+    assert item["position_ids"].tolist() == list(range(6))
+    assert ds.num_truncated == 0 and ds.num_loss_tokens == 9
+
+
+def test_overflow_policy(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "ab"}, {"input": "a" * 20, "output": "b"}, {"text": "c" * 9}])
+    ds = build_sft_dataset(path, TOK, 8)
+    assert ds.num_truncated == 2 and ds.num_without_loss == 1
+    with pytest.raises(ValueError, match=r"t\.jsonl:2: sample is longer than seq_length \+ 1 = 9"):
+        build_sft_dataset(path, TOK, 8, on_overflow="error")
+    with pytest.raises(ValueError, match="on_overflow"):
+        build_sft_dataset(path, TOK, 8, on_overflow="drop")
+
+
+def test_add_bos_needs_a_bos(tmp_path):
+    class NoBos(ByteTokenizer):
+        bos_id = None
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "ab"}])
+    with pytest.raises(ValueError, match="no bos token"):
+        build_sft_dataset(path, NoBos(), 8)
+    assert build_sft_dataset(path, NoBos(), 8, add_bos=False).tokens[0, 0].item() == a
+
+
+def test_max_samples_subset(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": f"row {i}"} for i in range(50)])
+    full = build_sft_dataset(path, TOK, 16)
+    assert full.source_lines == list(range(1, 51))
+    small = build_sft_dataset(path, TOK, 16, max_samples=10, seed=3)
+    again = build_sft_dataset(path, TOK, 16, max_samples=10, seed=3)
+    other = build_sft_dataset(path, TOK, 16, max_samples=10, seed=4)
+    larger = build_sft_dataset(path, TOK, 16, max_samples=20, seed=3)
+    assert len(small) == 10 and small.source_lines == sorted(small.source_lines)
+    assert small.source_lines == again.source_lines and torch.equal(small.tokens, again.tokens)
+    assert small.source_lines != other.source_lines
+    assert small.source_lines != list(range(1, 11))  # a random subset, not the head of the file
+    assert set(small.source_lines) <= set(larger.source_lines)  # nested budgets
+    for i, line in enumerate(small.source_lines):  # each kept sample is its source row
+        assert torch.equal(small.tokens[i], full.tokens[line - 1])
+    assert len(build_sft_dataset(path, TOK, 16, max_samples=500)) == 50
+    with pytest.raises(ValueError, match="max_samples"):
+        build_sft_dataset(path, TOK, 16, max_samples=0)
+
+
+def test_eval_windows_cover_stream(tmp_path):
+    path = write_jsonl(tmp_path / "gen.jsonl", [{"text": "abcd"}, {"text": "xy"}])
+    ds = build_text_eval_dataset(path, TOK, 3)
+    stream = [a, b, c, d, EOS, x, y, EOS]  # 8 tokens -> 7 labels -> windows of 3, 3, 1
+    assert ds.tokens.tolist() == [[a, b, c], [d, EOS, x], [y, PAD, PAD]]
+    assert ds.labels.tolist() == [[b, c, d], [EOS, x, y], [EOS, PAD, PAD]]
+    assert ds.loss_mask.tolist() == [[1, 1, 1], [1, 1, 1], [1, 0, 0]]
+    assert ds.num_loss_tokens == len(stream) - 1
+    assert ds.labels[ds.loss_mask.bool()].tolist() == stream[1:]
+
+
+def test_eval_window_caps_and_format(tmp_path):
+    path = write_jsonl(tmp_path / "gen.jsonl", [{"text": "a" * 100}] * 5)
+    assert len(build_text_eval_dataset(path, TOK, 10, max_windows=4)) == 4
+    capped = build_text_eval_dataset(path, TOK, 10, max_tokens=25)
+    assert capped.num_loss_tokens == 25 and len(capped) == 3
+    both = build_text_eval_dataset(path, TOK, 10, max_windows=2, max_tokens=25)
+    assert len(both) == 2 and both.num_loss_tokens == 20
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "a"}, {"input": "q", "output": "r"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: .*needs \{\"text\"\} rows"):
+        build_text_eval_dataset(bad, TOK, 10)
