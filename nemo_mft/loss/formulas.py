@@ -40,9 +40,54 @@ S_LABEL = 8  # s_y if this shard owns the label, else 0
 NUM_STATS = 9
 
 
+class Scratch:
+    """Reusable blocks for the temporaries of one pass, so that row blocks do not allocate.
+
+    On CPU a fresh multi-MiB tensor costs page faults on first touch (measured: allocating exp(x - m)
+    is ~8x slower than writing it into an existing buffer), so each named temporary keeps one buffer
+    and hands out [n, v] views of it.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def block(self, name: str, n: int, v: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < n * v or buffer.dtype != dtype or buffer.device != like.device:
+            buffer = torch.empty(n * v, dtype=dtype, device=like.device)
+            self._buffers[name] = buffer
+        return buffer[: n * v].view(n, v)
+
+
 def scale_by_temperature(x: torch.Tensor, temperature: float) -> torch.Tensor:
     """x / T as every pass computes it (multiplication by the reciprocal; identity at T = 1)."""
     return x if temperature == 1.0 else x * (1.0 / temperature)
+
+
+def scaled_logits(
+    logits: torch.Tensor, temperature: float, compute_dtype: torch.dtype, scratch: Scratch, name: str
+) -> torch.Tensor:
+    """``scale_by_temperature(logits.to(compute_dtype))``, in a scratch block unless it is a no-op.
+
+    Both passes scale through this function, so the values they compare are bit-identical.
+    """
+    if logits.dtype == compute_dtype and temperature == 1.0:
+        return logits
+    out = scratch.block(name, *logits.shape, like=logits, dtype=compute_dtype)
+    if logits.dtype != compute_dtype:
+        out.copy_(logits)
+        return out.mul_(1.0 / temperature) if temperature != 1.0 else out
+    return torch.mul(logits, 1.0 / temperature, out=out)
+
+
+def _row_logsumexp_parts(
+    x: torch.Tensor, scratch: Scratch, x_max: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, v] -> (row max, sum exp(x - max)); the exponentials stay in scratch block "exp"."""
+    if x_max is None:
+        x_max = x.amax(dim=-1)
+    exps = torch.sub(x, x_max.unsqueeze(-1), out=scratch.block("exp", *x.shape, like=x, dtype=x.dtype)).exp_()
+    return x_max, exps.sum(-1)
 
 
 def shard_statistics(
@@ -51,6 +96,7 @@ def shard_statistics(
     local_labels: torch.Tensor,
     temperature: float,
     compute_dtype: torch.dtype,
+    scratch: Scratch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reduce one block of a vocab shard to per-token statistics (pass 1).
 
@@ -61,6 +107,7 @@ def shard_statistics(
             shard does not own the label (or the token is ignored).
         temperature: T.
         compute_dtype: fp32, or fp64 for fp64 inputs.
+        scratch: buffers reused across calls (a fresh one if None).
 
     Returns:
         stats: [n, NUM_STATS] in compute_dtype (columns above).
@@ -71,36 +118,36 @@ def shard_statistics(
     if v == 0:
         stats[:, [T_MAX, S_MAX, S1_MAX]] = float("-inf")
         return stats, torch.zeros(n, dtype=torch.int64, device=student.device)
+    scratch = scratch if scratch is not None else Scratch()
 
-    s1 = student.to(compute_dtype)
-    t = teacher.to(compute_dtype)
-    t_scaled = scale_by_temperature(t, temperature)
-    s_scaled = scale_by_temperature(s1, temperature)
+    t = scaled_logits(teacher, temperature, compute_dtype, scratch, "teacher")
+    s = scaled_logits(student, temperature, compute_dtype, scratch, "student")
 
-    t_max, argmax = t_scaled.max(dim=-1)  # first index on ties, like torch.argmax
-    t_exp = torch.exp(t_scaled - t_max.unsqueeze(-1))
-    # Columns where the teacher has no mass contribute nothing, even if t - s is -inf - x or NaN there.
-    weighted_diff = torch.where(t_exp > 0, t_exp * (t_scaled - s_scaled), 0.0)
-    stats[:, T_MAX] = t_max
-    stats[:, T_SUMEXP] = t_exp.sum(-1)
-    stats[:, T_DIFF] = weighted_diff.sum(-1)
-    del t_exp, weighted_diff
+    t_max, argmax = t.max(dim=-1)  # first index on ties, like torch.argmax
+    stats[:, T_MAX], stats[:, T_SUMEXP] = _row_logsumexp_parts(t, scratch, t_max)
+    t_exp = scratch.block("exp", n, v, like=t, dtype=compute_dtype)
+    diff = torch.sub(t, s, out=scratch.block("diff", n, v, like=t, dtype=compute_dtype))
+    weighted_diff = torch.linalg.vecdot(t_exp, diff)
+    # Columns where the teacher has no mass contribute nothing, even where t - s is -inf - (-inf) = NaN;
+    # such rows are rare, so they are redone with an explicit mask instead of masking every row.
+    redo = (torch.isnan(weighted_diff) & torch.isfinite(t_max)).nonzero().squeeze(-1)
+    if redo.numel():
+        mass = t_exp[redo] > 0
+        weighted_diff[redo] = torch.where(mass, t_exp[redo] * diff[redo], 0.0).sum(-1)
+    stats[:, T_DIFF] = weighted_diff
 
-    s_max = s_scaled.amax(dim=-1)
-    stats[:, S_MAX] = s_max
-    stats[:, S_SUMEXP] = torch.exp(s_scaled - s_max.unsqueeze(-1)).sum(-1)
+    stats[:, S_MAX], stats[:, S_SUMEXP] = _row_logsumexp_parts(s, scratch)
     if temperature != 1.0:
-        s1_max = s1.amax(dim=-1)
-        stats[:, S1_MAX] = s1_max
-        stats[:, S1_SUMEXP] = torch.exp(s1 - s1_max.unsqueeze(-1)).sum(-1)
+        s1 = scaled_logits(student, 1.0, compute_dtype, scratch, "student")
+        stats[:, S1_MAX], stats[:, S1_SUMEXP] = _row_logsumexp_parts(s1, scratch)
     else:
         stats[:, S1_MAX] = stats[:, S_MAX]
         stats[:, S1_SUMEXP] = stats[:, S_SUMEXP]
 
     owned = (local_labels >= 0) & (local_labels < v)
     index = torch.where(owned, local_labels, 0).unsqueeze(-1)
-    stats[:, T_LABEL] = torch.where(owned, t.gather(-1, index).squeeze(-1), 0.0)
-    stats[:, S_LABEL] = torch.where(owned, s1.gather(-1, index).squeeze(-1), 0.0)
+    stats[:, T_LABEL] = torch.where(owned, teacher.gather(-1, index).squeeze(-1).to(compute_dtype), 0.0)
+    stats[:, S_LABEL] = torch.where(owned, student.gather(-1, index).squeeze(-1).to(compute_dtype), 0.0)
     return stats, argmax
 
 
@@ -226,9 +273,13 @@ def student_gradient(
     targets: TokenTargets,
     coef: torch.Tensor,
     temperature: float,
-    compute_dtype: torch.dtype,
+    out: torch.Tensor,
+    scratch: Scratch | None = None,
 ) -> torch.Tensor:
-    """d loss / d s for one block of a shard (pass 2): coef * T * (softmax(s/T) - q).
+    """d loss / d s for one block of a shard (pass 2): coef * T * (softmax(s/T) - q), written into ``out``.
+
+    Computed as exp(s/T - max_s) * (c T / Z_s) - exp(t/T - max_t) * (c T (1 - m) / Z_t), minus c T m on
+    the label column, in the compute dtype of ``targets``, and rounded once into ``out``.
 
     Args:
         student, teacher: [n, v] real columns of the shard.
@@ -236,19 +287,30 @@ def student_gradient(
         targets: `combine_statistics` output restricted to these n rows (see `TokenTargets.rows`).
         coef: [n] token weight / normalizer; rows with coef == 0 get an exact zero gradient, whatever
             their logits hold.
+        out: [n, v] destination of any float dtype; it may be ``student`` itself (in place: each element
+            is read before it is written).
+        scratch: buffers reused across calls (a fresh one if None).
 
     Returns:
-        [n, v] gradient in compute_dtype.
+        ``out``.
     """
     n, v = student.shape
-    s = scale_by_temperature(student.to(compute_dtype), temperature)
-    t = scale_by_temperature(teacher.to(compute_dtype), temperature)
-    mix = targets.mix
-    grad = torch.exp((s - targets.student_max.unsqueeze(-1)) - targets.student_log_norm.unsqueeze(-1))
-    teacher_prob = torch.exp((t - targets.teacher_max.unsqueeze(-1)) - targets.teacher_log_norm.unsqueeze(-1))
-    grad -= (1.0 - mix).unsqueeze(-1) * teacher_prob
-    owned = (local_labels >= 0) & (local_labels < v)
-    rows = owned.nonzero().squeeze(-1)
-    grad[rows, local_labels[rows]] -= mix[rows]
-    scale = (coef * temperature).unsqueeze(-1)
-    return torch.where(scale != 0, grad * scale, 0.0)
+    compute_dtype = targets.mix.dtype
+    scratch = scratch if scratch is not None else Scratch()
+    s = scaled_logits(student, temperature, compute_dtype, scratch, "student")
+    t = scaled_logits(teacher, temperature, compute_dtype, scratch, "teacher")
+    scale = coef * temperature
+    student_coef = scale * torch.exp(-targets.student_log_norm)
+    teacher_coef = scale * (1.0 - targets.mix) * torch.exp(-targets.teacher_log_norm)
+
+    grad = out if out.dtype == compute_dtype else scratch.block("grad", n, v, like=out, dtype=compute_dtype)
+    torch.sub(s, targets.student_max.unsqueeze(-1), out=grad).exp_().mul_(student_coef.unsqueeze(-1))
+    teacher_exp = torch.sub(t, targets.teacher_max.unsqueeze(-1), out=scratch.block("exp", n, v, like=t, dtype=compute_dtype))
+    grad.addcmul_(teacher_exp.exp_(), teacher_coef.unsqueeze(-1), value=-1.0)
+    owned = ((local_labels >= 0) & (local_labels < v)).nonzero().squeeze(-1)
+    grad[owned, local_labels[owned]] -= (scale * targets.mix)[owned]
+    # exp of a non-finite logit times 0 is NaN: rows without weight are cleared explicitly.
+    grad.index_fill_(0, (scale == 0).nonzero().squeeze(-1), 0.0)
+    if grad is not out:
+        out.copy_(grad)
+    return out
