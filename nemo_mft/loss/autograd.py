@@ -68,7 +68,7 @@ class MFTLossFunction(torch.autograd.Function):
         )
         all_stats, all_argmax = gather_statistics(stats, local_argmax + layout.offset, call.tp_group)
         targets = formulas.combine_statistics(
-            all_stats, all_argmax, labels, opts.temperature, opts.tau, opts.correct_all
+            all_stats, all_argmax, labels, opts.temperature, opts.tau, opts.correct_all, opts.distill_only
         )
         check_finite_tokens(targets.finite(), valid, call.token_shape)
 

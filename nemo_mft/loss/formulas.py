@@ -194,9 +194,15 @@ class TokenTargets:
 
 
 def mixing_weight(
-    p_argmax: torch.Tensor, p_label: torch.Tensor, teacher_correct: torch.Tensor, tau: float, correct_all: bool
+    p_argmax: torch.Tensor, p_label: torch.Tensor, teacher_correct: torch.Tensor, tau: float, correct_all: bool,
+    distill_only: bool = False,
 ) -> torch.Tensor:
-    """m per token (notes section 1): wrong rows reach q_y - q_a = tau; right rows reach q_y = c."""
+    """m per token (notes section 1): wrong rows reach q_y - q_a = tau; right rows reach q_y = c.
+
+    ``distill_only``: m = 0 everywhere (q = p, plain distillation).
+    """
+    if distill_only:
+        return torch.zeros_like(p_label)
     gap = p_argmax - p_label  # >= 0
     mix_wrong = (gap + tau) / (1.0 + gap)
     if not correct_all:
@@ -215,6 +221,7 @@ def combine_statistics(
     temperature: float,
     tau: float,
     correct_all: bool,
+    distill_only: bool = False,
 ) -> TokenTargets:
     """Global per-token targets and loss from the statistics of every shard.
 
@@ -246,7 +253,7 @@ def combine_statistics(
     log_r_label = (scale_by_temperature(s_label, temp) - s_max) - log_zs
     p_label = torch.exp(log_p_label)
     p_argmax = torch.exp(-log_zt)
-    mix = mixing_weight(p_argmax, p_label, teacher_correct, tau, correct_all)
+    mix = mixing_weight(p_argmax, p_label, teacher_correct, tau, correct_all, distill_only)
 
     keep = 1.0 - mix
     q_label = keep * p_label + mix

@@ -105,6 +105,7 @@ def mft_loss(
     tau: float = 0.25,
     temperature: float = 1.0,
     correct_all: bool = True,
+    distill_only: bool = False,
     ignore_index: int = -100,
     loss_mask: torch.Tensor | None = None,
     vocab_size: int | None = None,
@@ -123,6 +124,7 @@ def mft_loss(
         tau: margin in [0, 1] by which q favours the label over the teacher's argmax.
         temperature: T > 0; the loss is scaled by T^2.
         correct_all: sharpen rows where the teacher is right too (False: paper's "incorrect-only").
+        distill_only: q = p, no correction (plain distillation baseline; tau, correct_all ignored).
         loss_mask: [...] bool or float token weights w (0 excludes), e.g. answer-only masks.
         vocab_size: true vocabulary size; logit columns at or beyond it are padding and excluded.
         reduction: "mean" = sum(w l) / sum(w), "sum" = sum(w l), "none" = [...] w l.
@@ -147,8 +149,8 @@ def mft_loss(
             non-finite logits in a valid row, a vocab_size beyond the logits.
     """
     options = MFTOptions(
-        tau=tau, temperature=temperature, correct_all=correct_all, ignore_index=ignore_index,
-        reduction=reduction, impl=impl, inplace_grad=inplace_grad,
+        tau=tau, temperature=temperature, correct_all=correct_all, distill_only=distill_only,
+        ignore_index=ignore_index, reduction=reduction, impl=impl, inplace_grad=inplace_grad,
     )
     return compute_mft_loss(
         student_logits, teacher_logits, labels, options, loss_mask=loss_mask, vocab_size=vocab_size,

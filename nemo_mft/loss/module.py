@@ -17,6 +17,7 @@ class MFTLoss(torch.nn.Module):
         tau: float = 0.25,
         temperature: float = 1.0,
         correct_all: bool = True,
+        distill_only: bool = False,
         ignore_index: int = -100,
         reduction: str = "mean",
         impl: str = "auto",
@@ -24,8 +25,8 @@ class MFTLoss(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.options = MFTOptions(
-            tau=tau, temperature=temperature, correct_all=correct_all, ignore_index=ignore_index,
-            reduction=reduction, impl=impl, inplace_grad=inplace_grad,
+            tau=tau, temperature=temperature, correct_all=correct_all, distill_only=distill_only,
+            ignore_index=ignore_index, reduction=reduction, impl=impl, inplace_grad=inplace_grad,
         )
 
     def forward(
@@ -46,4 +47,4 @@ class MFTLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         o = self.options
-        return f"tau={o.tau}, temperature={o.temperature}, correct_all={o.correct_all}, reduction={o.reduction!r}"
+        return f"tau={o.tau}, temperature={o.temperature}, correct_all={o.correct_all}, distill_only={o.distill_only}, reduction={o.reduction!r}"

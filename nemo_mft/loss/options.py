@@ -19,6 +19,9 @@ class MFTOptions:
         temperature: softmax temperature T > 0 for teacher and student; the loss is scaled by T^2.
         correct_all: also sharpen rows where the teacher is already right (the authors' default);
             False is the paper's "incorrect-only" ablation.
+        distill_only: no correction at all, q = p on every row (plain distillation, the paper's KD
+            baseline); tau and correct_all are then ignored. Note that tau = 0 is NOT the same: it
+            still raises the label of a wrong row until it ties with the teacher's argmax.
         ignore_index: label value that marks a token without loss.
         reduction: "mean" (sum of w*l over sum of w), "sum" or "none" (per-token w*l).
         impl: "torch" (chunked PyTorch), "triton" (fused kernels), or "auto" (Triton on CUDA when
@@ -32,6 +35,7 @@ class MFTOptions:
     tau: float = 0.25
     temperature: float = 1.0
     correct_all: bool = True
+    distill_only: bool = False
     ignore_index: int = -100
     reduction: str = "mean"
     impl: str = "auto"
@@ -47,6 +51,9 @@ class MFTOptions:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        for name in ("correct_all", "distill_only"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.inplace_grad, bool):
             raise ValueError(f"inplace_grad must be a bool, got {self.inplace_grad!r}")
         if not isinstance(self.ignore_index, int):

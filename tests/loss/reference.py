@@ -41,8 +41,12 @@ class RefResult:
 
 
 def corrected_target_rows(teacher: torch.Tensor, labels: torch.Tensor, tau: float, temperature: float,
-                          correct_all: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, m, a for 2-D float64 ``teacher`` [n, V] (only real columns) and 1-D valid ``labels``, row by row."""
+                          correct_all: bool, distill_only: bool = False
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, m, a for 2-D float64 ``teacher`` [n, V] (only real columns) and 1-D valid ``labels``, row by row.
+
+    ``distill_only``: no correction, q = p (plain distillation).
+    """
     n, vocab = teacher.shape
     q = torch.zeros(n, vocab, dtype=F64)
     m_all = torch.zeros(n, dtype=F64)
@@ -56,7 +60,9 @@ def corrected_target_rows(teacher: torch.Tensor, labels: torch.Tensor, tau: floa
         p_a, p_y = float(p[a]), float(p[y])
         onehot = torch.zeros(vocab, dtype=F64)
         onehot[y] = 1.0
-        if a != y:
+        if distill_only:
+            m, row = 0.0, p.clone()
+        elif a != y:
             m = (p_a - p_y + tau) / (1.0 + p_a - p_y)
             # 1 - m written as the exact algebraic equivalent, so it is never a tiny negative (tau = 1).
             row = ((1.0 - tau) / (1.0 + p_a - p_y)) * p + m * onehot
@@ -79,7 +85,8 @@ def _weights(labels: torch.Tensor, loss_mask, ignore_index: int) -> torch.Tensor
 
 
 def reference_mft(student, teacher, labels, *, tau=0.25, temperature=1.0, correct_all=True, ignore_index=-100,
-                  loss_mask=None, vocab_size=None, reduction="mean", grad_output=None) -> RefResult:
+                  loss_mask=None, vocab_size=None, reduction="mean", grad_output=None,
+                  distill_only=False) -> RefResult:
     """Reference loss, q, closed-form gradient and stats.
 
     ``grad_output`` (reduction "none" only): upstream gradient shaped like labels (default ones).
@@ -104,7 +111,7 @@ def reference_mft(student, teacher, labels, *, tau=0.25, temperature=1.0, correc
 
     if valid.numel():
         sv, tv, yv = s[valid, :vocab], t[valid, :vocab], y[valid]
-        q, m, a = corrected_target_rows(tv, yv, tau, T, correct_all)
+        q, m, a = corrected_target_rows(tv, yv, tau, T, correct_all, distill_only)
         logr = torch.log_softmax(sv / T, dim=-1)
         # 0 * log 0 = 0, also where the student assigns -inf (a column masked in both models).
         kl = torch.where(q > 0, q * (torch.log(q) - logr), torch.zeros((), dtype=F64)).sum(-1)

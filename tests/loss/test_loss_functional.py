@@ -448,3 +448,32 @@ def test_inputs_are_not_modified_and_noncontiguous_inputs_work(dtype):
     r = reference_mft(s, t, y, tau=0.25, loss_mask=mask, vocab_size=20)
     assert_loss_close(loss, r.loss, dtype)
     assert_grad_close(s_leaf.grad, r.grad, dtype)
+
+
+@pytest.mark.parametrize("temperature", TEMPS)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_distill_only_is_plain_distillation(dtype, layout, temperature):
+    """distill_only: q = p on every row (the KD baseline); tau and correct_all have no effect."""
+    s, t, y, mask, vocab = _layout_inputs(layout, dtype, seed=5)
+    for tau in (0.0, 0.25):
+        _check_against_reference(s, t, y, dtype, what=layout, tau=tau, temperature=temperature,
+                                 distill_only=True, loss_mask=mask, vocab_size=vocab)
+    from nemo_mft import mft_loss
+
+    _, stats = mft_loss(s, t, y, tau=0.25, temperature=temperature, distill_only=True, loss_mask=mask,
+                        vocab_size=vocab, return_stats=True)
+    assert float(stats.mixing_weight) == 0.0
+
+
+def test_tau_zero_is_not_plain_distillation():
+    """tau = 0 still lifts a wrong label to a tie with the argmax: not the same as distill_only."""
+    from nemo_mft import corrected_target
+
+    t = torch.tensor([[2.0, 0.0, -1.0]], dtype=F64)
+    y = torch.tensor([1])
+    q_tau0 = corrected_target(t, y, tau=0.0)
+    p = torch.softmax(t, -1)
+    assert torch.isclose(q_tau0[0, 0], q_tau0[0, 1]) and not torch.allclose(q_tau0, p)
+    r = reference_mft(t, t, y, tau=0.0, distill_only=True)
+    torch.testing.assert_close(r.q, p)
