@@ -1,0 +1,99 @@
+"""nemo_mft.megatron.forward_step / losses: loss_func contract and every method against references.
+
+The spawned job evaluates each method's loss_func on the same TP=2 logits (vocab 100 padded to 128, half
+of the labels set to the teacher's argmax so that teacher-right and teacher-wrong tokens both occur); here
+the results are checked against the float64 reference of tests/loss/reference.py applied to the gathered
+full-vocabulary logits, and ft against megatron-core's own GPTModel(labels=...) loss.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron_harness import TAU, TEMPERATURE, VOCAB, load_loss_reference
+from nemo_mft.megatron.forward_step import REPORT_KEYS, MethodSpec, make_forward_step, method_spec
+from nemo_mft.megatron.schedule import activation_copies
+
+REL = 1e-5
+SPECS = {"mft": (TAU, True, False), "kd": (TAU, True, True), "mft_incorrect_only": (TAU, False, False)}
+
+
+def _close(actual: float, expected: float, rel: float = REL) -> bool:
+    return abs(actual - expected) <= rel * max(abs(expected), 1e-6)
+
+
+def test_method_switch():
+    assert method_spec("mft", 0.3) == MethodSpec(uses_teacher=True, tau=0.3, correct_all=True)
+    assert method_spec("ft", 0.3).uses_teacher is False
+    assert method_spec("kd", 0.3) == MethodSpec(uses_teacher=True, tau=0.0, correct_all=True, distill_only=True)
+    assert method_spec("mft_incorrect_only", 0.3) == MethodSpec(uses_teacher=True, tau=0.3, correct_all=False)
+    with pytest.raises(ValueError, match="method must be one of"):
+        method_spec("dpo", 0.3)
+    train = make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB)
+    evaluate = make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB, evaluate=True)
+    ft = make_forward_step("ft", tau=TAU, temperature=1.0, vocab_size=VOCAB)
+    assert (train.runs_teacher, evaluate.runs_teacher, ft.runs_teacher) == (True, False, False)
+    assert train.report_keys == REPORT_KEYS and ft.report_keys == evaluate.report_keys == ("loss", "student_ce")
+    assert (activation_copies(train), activation_copies(evaluate), activation_copies(ft)) == (2, 1, 1)
+    assert activation_copies(lambda it, model: None) == 1
+
+
+def test_ft_equals_megatron_cross_entropy(megatron_job):
+    out = megatron_job["forward_step"]
+    ours, megatron = out["ft_vs_megatron"]
+    assert _close(ours, megatron, 1e-6)
+    num_tokens, mask_sum, dtype = out["ft_num_tokens"]
+    assert num_tokens == mask_sum and dtype == "torch.int32"
+    assert out["ft_reports"]["loss"] == [ours, mask_sum] and out["ft_reports"]["student_ce"] == [ours, mask_sum]
+    assert out["ft_report_dtypes"] == ["torch.float32"] and out["ft_loss_requires_grad"]
+
+
+@pytest.mark.parametrize("method", ["mft", "kd", "mft_incorrect_only"])
+def test_methods_match_float64_reference(megatron_job, method):
+    out = megatron_job["forward_step"]
+    logits = out["logits"]
+    assert torch.equal(logits["student"], logits["teacher"]), "identical weights must give identical logits"
+    tau, correct_all, distill_only = SPECS[method]
+    ref = load_loss_reference().reference_mft(
+        logits["student"], logits["teacher"], logits["labels"], tau=tau, temperature=TEMPERATURE,
+        correct_all=correct_all, distill_only=distill_only, loss_mask=logits["loss_mask"], vocab_size=VOCAB, reduction="sum")
+    reports = out["methods"][method]["reports"]
+    weight = float(ref.stats["weight_sum"])
+    assert reports["loss"][1] == reports["student_ce"][1] == weight
+    assert _close(reports["loss"][0], float(ref.loss))
+    assert _close(out["methods"][method]["loss"], float(ref.loss))
+    assert _close(reports["student_ce"][0], float(ref.stats["student_ce"]) * weight)
+    assert _close(reports["teacher_acc"][0], float(ref.stats["teacher_accuracy"]) * weight)
+    assert _close(reports["mixing_weight"][0], float(ref.stats["mixing_weight"]) * weight)
+
+
+def test_methods_differ_where_they_should(megatron_job):
+    methods = megatron_job["forward_step"]["methods"]
+    acc = methods["mft"]["reports"]["teacher_acc"]
+    assert 0 < acc[0] < acc[1], "the crafted labels must mix teacher-right and teacher-wrong tokens"
+    mix = {m: methods[m]["reports"]["mixing_weight"][0] for m in SPECS}
+    assert mix["kd"] == 0 < mix["mft_incorrect_only"] < mix["mft"]
+    assert len({methods[m]["reports"]["student_ce"][0] for m in methods}) == 1
+
+
+def test_ft_excludes_padding_columns(megatron_job):
+    out = megatron_job["forward_step"]
+    logits = out["logits"]
+    s = logits["student"].double()
+    assert s.shape[-1] == 128
+    ce = -torch.log_softmax(s[..., :VOCAB], dim=-1).gather(-1, logits["labels"][..., None]).squeeze(-1)
+    expected = float((ce * logits["loss_mask"].double()).sum())
+    with_padding = -torch.log_softmax(s, dim=-1).gather(-1, logits["labels"][..., None]).squeeze(-1)
+    assert not _close(float((with_padding * logits["loss_mask"].double()).sum()), expected)
+    ft = out["methods"]["ft"]
+    assert not ft["runs_teacher"] and set(ft["reports"]) == {"loss", "student_ce"}
+    assert _close(ft["loss"], expected)
+
+
+def test_evaluate_reports_student_cross_entropy(megatron_job):
+    out = megatron_job["forward_step"]
+    evaluate = out["evaluate"]
+    assert not evaluate["runs_teacher"] and set(evaluate["reports"]) == {"loss", "student_ce"}
+    assert evaluate["reports"]["loss"] == evaluate["reports"]["student_ce"]
+    assert _close(evaluate["reports"]["loss"][0], out["methods"]["ft"]["loss"])
