@@ -1,0 +1,213 @@
+"""Megatron-core GPT weights -> a Hugging Face Llama checkpoint (what NIM and vLLM load).
+
+Only Llama-class models convert: RMSNorm, SwiGLU, rotary embeddings, no linear biases. The input is the
+full (unsharded, TP=1/PP=1) state dict of a megatron-core ``GPTModel`` with either the local layer spec
+(``input_layernorm.weight``) or TransformerEngine's (norm fused into ``linear_qkv.layer_norm_weight``).
+
+Name and layout mapping, per layer i (h = hidden size, d = head dim, nq heads, ng query groups):
+
+    decoder.layers.i.input_layernorm.weight        -> model.layers.i.input_layernorm.weight
+    decoder.layers.i.self_attention.linear_qkv     -> q_proj / k_proj / v_proj: megatron stores the rows
+        per query group as [nq/ng query heads, 1 key head, 1 value head] x d; HF keeps them in three
+        matrices. No rotary permutation is needed: megatron's default (rotary_interleaved=False) rotates
+        halves, exactly as HF's Llama does.
+    decoder.layers.i.self_attention.linear_proj    -> o_proj
+    decoder.layers.i.pre_mlp_layernorm.weight      -> post_attention_layernorm
+    decoder.layers.i.mlp.linear_fc1                -> [gate_proj; up_proj] (megatron's GLU: act(x1) * x2)
+    decoder.layers.i.mlp.linear_fc2                -> down_proj
+    embedding / final_layernorm / output_layer     -> embed_tokens / norm / lm_head, padding rows cut off
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Mapping, Optional
+
+import torch
+
+from nemo_mft.config.schema import ModelSection
+
+__all__ = ["check_llama_compatible", "llama_config", "convert_to_hf_llama", "save_hf_llama"]
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_SHARD_BYTES = 5 * 1024**3  # HF's default max shard size
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def check_llama_compatible(model: ModelSection) -> None:
+    """ValueError naming every setting that a HF Llama cannot represent."""
+    problems = []
+    if model.normalization != "RMSNorm":
+        problems.append(f"model.normalization={model.normalization} (Llama uses RMSNorm)")
+    if model.activation != "swiglu":
+        problems.append(f"model.activation={model.activation} (Llama uses swiglu)")
+    if model.add_bias_linear:
+        problems.append("model.add_bias_linear=true (Llama has no linear biases)")
+    if model.position_embedding_type != "rope":
+        problems.append(f"model.position_embedding_type={model.position_embedding_type} (Llama uses rope)")
+    if problems:
+        raise ValueError("this model cannot be exported as a Hugging Face Llama: " + "; ".join(problems))
+
+
+def _head_layout(model: ModelSection) -> tuple[int, int, int]:
+    """(query heads, query groups, head dim)."""
+    heads = model.num_attention_heads
+    groups = model.num_query_groups or heads
+    head_dim = model.kv_channels or model.hidden_size // heads
+    return heads, groups, head_dim
+
+
+def llama_config(
+    model: ModelSection,
+    *,
+    vocab_size: int,
+    max_position_embeddings: int,
+    dtype: str = "bfloat16",
+    bos_token_id: Optional[int] = None,
+    eos_token_id: Optional[int] = None,
+    rms_norm_eps: float = 1e-5,
+) -> dict:
+    """The ``config.json`` of the exported model (``LlamaForCausalLM``)."""
+    check_llama_compatible(model)
+    heads, groups, head_dim = _head_layout(model)
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": model.hidden_size,
+        "intermediate_size": model.ffn_hidden_size or 4 * model.hidden_size,
+        "num_hidden_layers": model.num_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": groups,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": max_position_embeddings,
+        "rms_norm_eps": rms_norm_eps,
+        "rope_theta": float(model.rotary_base),
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": model.share_embeddings_and_output_weights,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "torch_dtype": dtype,
+    }
+
+
+def _take(state: Mapping[str, torch.Tensor], *names: str) -> torch.Tensor:
+    for name in names:
+        if name in state:
+            return state[name]
+    raise KeyError(f"the megatron state dict has none of {names}; is it a full GPTModel state (TP=1, PP=1)?")
+
+
+def convert_to_hf_llama(
+    state: Mapping[str, torch.Tensor], model: ModelSection, *, vocab_size: int
+) -> dict[str, torch.Tensor]:
+    """HF Llama tensors (names of ``LlamaForCausalLM.state_dict()``) from a megatron GPT state dict.
+
+    Args:
+        state: full megatron-core GPTModel state dict (TP=1, PP=1); ``_extra_state`` entries are ignored.
+        model: the model section it was built from.
+        vocab_size: the tokenizer's true vocabulary size; rows beyond it (megatron's padding) are dropped.
+    """
+    check_llama_compatible(model)
+    heads, groups, head_dim = _head_layout(model)
+    heads_per_group = heads // groups
+    hidden = model.hidden_size
+    out: dict[str, torch.Tensor] = {}
+
+    embedding = _take(state, "embedding.word_embeddings.weight")
+    if embedding.shape[0] < vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} exceeds the model's {embedding.shape[0]} embedding rows")
+    out["model.embed_tokens.weight"] = embedding[:vocab_size]
+    for i in range(model.num_layers):
+        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        out[dst + "input_layernorm.weight"] = _take(
+            state, src + "input_layernorm.weight", src + "self_attention.linear_qkv.layer_norm_weight")
+        qkv = _take(state, src + "self_attention.linear_qkv.weight")
+        expected = (groups * (heads_per_group + 2) * head_dim, hidden)
+        if tuple(qkv.shape) != expected:
+            raise ValueError(f"{src}self_attention.linear_qkv.weight has shape {tuple(qkv.shape)}, expected "
+                             f"{expected} for {heads} heads in {groups} groups of dim {head_dim}")
+        per_group = qkv.view(groups, heads_per_group + 2, head_dim, hidden)
+        out[dst + "self_attn.q_proj.weight"] = per_group[:, :heads_per_group].reshape(heads * head_dim, hidden)
+        out[dst + "self_attn.k_proj.weight"] = per_group[:, heads_per_group].reshape(groups * head_dim, hidden)
+        out[dst + "self_attn.v_proj.weight"] = per_group[:, heads_per_group + 1].reshape(groups * head_dim, hidden)
+        out[dst + "self_attn.o_proj.weight"] = _take(state, src + "self_attention.linear_proj.weight")
+        out[dst + "post_attention_layernorm.weight"] = _take(
+            state, src + "pre_mlp_layernorm.weight", src + "mlp.linear_fc1.layer_norm_weight")
+        gate, up = _take(state, src + "mlp.linear_fc1.weight").chunk(2, dim=0)
+        out[dst + "mlp.gate_proj.weight"] = gate
+        out[dst + "mlp.up_proj.weight"] = up
+        out[dst + "mlp.down_proj.weight"] = _take(state, src + "mlp.linear_fc2.weight")
+    out["model.norm.weight"] = _take(state, "decoder.final_layernorm.weight")
+    if not model.share_embeddings_and_output_weights:
+        out["lm_head.weight"] = _take(state, "output_layer.weight")[:vocab_size]
+    return out
+
+
+def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    shards, current, size = [], {}, 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > _SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    return shards + [current] if current else shards
+
+
+def save_hf_llama(
+    out_dir: str,
+    state: Mapping[str, torch.Tensor],
+    model: ModelSection,
+    *,
+    vocab_size: int,
+    max_position_embeddings: int,
+    dtype: str = "bfloat16",
+    tokenizer_path: Optional[str] = None,
+    bos_token_id: Optional[int] = None,
+    eos_token_id: Optional[int] = None,
+) -> list[str]:
+    """Write config.json, safetensors weights (sharded above 5 GiB) and the tokenizer files to ``out_dir``.
+
+    ``out_dir`` must not exist or be empty: an export never overwrites files. Returns the written paths.
+    """
+    from safetensors.torch import save_file
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"export directory {out_dir} is not empty; choose a new directory")
+    config = llama_config(model, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+                          dtype=dtype, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    tensors = {name: t.detach().to("cpu", _DTYPES[dtype]).contiguous()
+               for name, t in convert_to_hf_llama(state, model, vocab_size=vocab_size).items()}
+    os.makedirs(out_dir, exist_ok=True)
+    written = [os.path.join(out_dir, "config.json")]
+    with open(written[0], "w") as handle:
+        json.dump(config, handle, indent=2)
+    shards = _shards(tensors)
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": {key: name for name, shard in zip(names, shards) for key in shard}}
+        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as handle:
+            json.dump(index, handle, indent=2)
+        written.append(os.path.join(out_dir, "model.safetensors.index.json"))
+    for name, shard in zip(names, shards):
+        save_file(shard, os.path.join(out_dir, name), metadata={"format": "pt"})
+        written.append(os.path.join(out_dir, name))
+    if tokenizer_path:
+        source = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
+        for name in _TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(source, name)):
+                shutil.copy2(os.path.join(source, name), os.path.join(out_dir, name))
+                written.append(os.path.join(out_dir, name))
+    return written
