@@ -13,7 +13,10 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-METHODS = ("mft", "ft", "kd", "mft_incorrect_only")
+# mft: the paper's corrected distillation; ft: plain cross-entropy; kd: distillation without correction
+# (q = p); mft_incorrect_only: correct only the rows the teacher gets wrong; kd_ce: the constant-mix
+# baseline (1 - alpha) KD + alpha CE (mft.kd_ce_alpha).
+METHODS = ("mft", "ft", "kd", "mft_incorrect_only", "kd_ce")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -97,10 +100,15 @@ class TrainSection:
     global_batch_size: int = 8
     micro_batch_size: int = 2
     seed: int = 1234
+    # Stop after this iteration (saving a checkpoint first when checkpoint.save is set), like Megatron's
+    # --exit-interval: splits a long run into jobs; the next job resumes with checkpoint.load.
+    exit_interval: Optional[int] = None
 
     def __post_init__(self) -> None:
         _positive("train", train_iters=self.train_iters, global_batch_size=self.global_batch_size,
                   micro_batch_size=self.micro_batch_size)
+        _require(self.exit_interval is None or self.exit_interval >= 1,
+                 f"train.exit_interval must be null or >= 1, got {self.exit_interval!r}")
         _require(self.global_batch_size % self.micro_batch_size == 0,
                  f"train.global_batch_size {self.global_batch_size} must be a multiple of micro_batch_size "
                  f"{self.micro_batch_size}")
@@ -132,6 +140,8 @@ class SchedulerSection:
     lr_decay_iters: Optional[int] = None  # null: train.train_iters
 
     def __post_init__(self) -> None:
+        _require(self.lr_decay_iters is None or self.lr_decay_iters >= 1,
+                 f"scheduler.lr_decay_iters must be null or >= 1, got {self.lr_decay_iters!r}")
         _require(self.lr_decay_style in ("constant", "linear", "cosine"),
                  f"scheduler.lr_decay_style must be constant, linear or cosine, got {self.lr_decay_style!r}")
         _require(self.lr_warmup_iters >= 0, f"scheduler.lr_warmup_iters must be >= 0, got {self.lr_warmup_iters!r}")
@@ -142,11 +152,20 @@ class DatasetSection:
     dataset_root: str = MISSING  # directory with training.jsonl and validation.jsonl
     seq_length: int = 128
     max_samples: Optional[int] = None  # the domain budget, e.g. 500
+    # Replay baseline: general-domain rows (any supported jsonl format; {"text"} = loss on every token)
+    # mixed into the training set so that they are replay_fraction of it: round(n f / (1 - f)) replay rows
+    # beside n domain rows, a seeded subset of the file.
+    replay_data: Optional[str] = None
+    replay_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _positive("dataset", seq_length=self.seq_length)
         _require(self.max_samples is None or (isinstance(self.max_samples, int) and self.max_samples >= 1),
                  f"dataset.max_samples must be null or an integer >= 1, got {self.max_samples!r}")
+        _require(0.0 <= self.replay_fraction < 1.0,
+                 f"dataset.replay_fraction must be in [0, 1), got {self.replay_fraction!r}")
+        _require(self.replay_fraction == 0.0 or bool(self.replay_data),
+                 "dataset.replay_fraction > 0 needs dataset.replay_data (a jsonl of general-domain rows)")
 
 
 @dataclass
@@ -161,7 +180,7 @@ class TokenizerSection:
 
 @dataclass
 class CheckpointSection:
-    pretrained_checkpoint: Optional[str] = None  # weights-only init; null = seeded random init (tests only)
+    pretrained_checkpoint: Optional[str] = None  # weights-only init; null = seeded random init (from scratch)
     save: Optional[str] = None
     save_interval: Optional[int] = None  # null: only at the end
     load: Optional[str] = None  # full resume: model, optimizer, scheduler, RNG, data position
@@ -198,16 +217,30 @@ class EvaluationSection:
 
 @dataclass
 class MFTSection:
-    method: str = "mft"  # mft | ft | kd | mft_incorrect_only
+    method: str = "mft"  # one of METHODS
     tau: float = 0.25
     temperature: float = 1.0
     impl: str = "auto"
+    kd_ce_alpha: float = 0.5  # method kd_ce: weight of the cross-entropy term
+    # L2-to-initial-weights baseline (any method): adds l2_init_weight / 2 * ||theta - theta_0||^2 to the
+    # per-token mean loss, theta_0 = the initial (pretrained) weights.
+    l2_init_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.method in METHODS, f"mft.method must be one of {METHODS}, got {self.method!r}")
         _require(0.0 <= self.tau <= 1.0, f"mft.tau must be in [0, 1], got {self.tau!r}")
+        _require(0.0 <= self.kd_ce_alpha <= 1.0, f"mft.kd_ce_alpha must be in [0, 1], got {self.kd_ce_alpha!r}")
+        _require(self.l2_init_weight >= 0.0, f"mft.l2_init_weight must be >= 0, got {self.l2_init_weight!r}")
         _require(self.temperature > 0, f"mft.temperature must be > 0, got {self.temperature!r}")
         _require(self.impl in ("auto", "torch", "triton"), f"mft.impl must be auto, torch or triton, got {self.impl!r}")
+
+    @property
+    def label(self) -> str:
+        """Short description of the training objective, e.g. ``mft tau=0.25`` or ``ft + l2_init=0.1``."""
+        extra = {"mft": f" tau={self.tau:g}", "mft_incorrect_only": f" tau={self.tau:g}",
+                 "kd_ce": f" alpha={self.kd_ce_alpha:g}"}.get(self.method, "")
+        l2 = f" + l2_init={self.l2_init_weight:g}" if self.l2_init_weight > 0 else ""
+        return f"{self.method}{extra}{l2}"
 
 
 @dataclass
@@ -224,8 +257,12 @@ class FinetuneConfig:
     mft: MFTSection = field(default_factory=MFTSection)
 
     def __post_init__(self) -> None:
+        decay_iters = self.scheduler.lr_decay_iters or self.train.train_iters
         _require(self.scheduler.lr_warmup_iters <= self.train.train_iters,
                  "scheduler.lr_warmup_iters must not exceed train.train_iters")
+        _require(self.scheduler.lr_warmup_iters < decay_iters,
+                 f"scheduler.lr_warmup_iters {self.scheduler.lr_warmup_iters} must be smaller than the decay "
+                 f"length (scheduler.lr_decay_iters, default train.train_iters) {decay_iters}")
 
     def check_world(self, world_size: int) -> int:
         """Data-parallel size for ``world_size`` processes; raises on an impossible layout."""

@@ -13,7 +13,7 @@ Typical use by an entry point::
 from nemo_mft.data.batching import collate, eval_micro_batches, train_micro_batches
 from nemo_mft.data.jsonl import Row, read_jsonl_rows
 from nemo_mft.data.sampler import MicroBatchSampler, num_microbatches
-from nemo_mft.data.samples import TokenizedDataset, build_sft_dataset, pack_sample
+from nemo_mft.data.samples import TokenizedDataset, build_sft_dataset, concat_datasets, pack_sample
 from nemo_mft.data.shuffle import select_subset
 from nemo_mft.data.tokenizers import (
     ByteTokenizer,
@@ -35,6 +35,7 @@ __all__ = [
     "build_text_eval_dataset",
     "build_tokenizer",
     "collate",
+    "concat_datasets",
     "eval_micro_batches",
     "num_microbatches",
     "pack_sample",

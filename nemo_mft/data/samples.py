@@ -37,7 +37,7 @@ from nemo_mft.data.jsonl import Row, read_jsonl_rows
 from nemo_mft.data.shuffle import select_subset
 from nemo_mft.data.tokenizers import Tokenizer
 
-__all__ = ["OVERFLOW_POLICIES", "pack_sample", "TokenizedDataset", "build_sft_dataset"]
+__all__ = ["OVERFLOW_POLICIES", "pack_sample", "TokenizedDataset", "build_sft_dataset", "concat_datasets"]
 
 OVERFLOW_POLICIES = ("truncate", "error")
 
@@ -180,3 +180,22 @@ def build_sft_dataset(
     tokens, labels, loss_mask = _stack(packed, seq_length)
     return TokenizedDataset(tokens, labels, loss_mask, source_lines=[r.line for r in kept],
                             num_truncated=num_truncated, num_without_loss=num_without_loss)
+
+
+def concat_datasets(*datasets: TokenizedDataset) -> TokenizedDataset:
+    """The samples of ``datasets`` one after another (same seq_length required); counters add up.
+
+    ``source_lines`` are kept per sample, so they only name a line together with the part it came from.
+    """
+    if not datasets:
+        raise ValueError("concat_datasets needs at least one dataset")
+    lengths = {d.seq_length for d in datasets}
+    if len(lengths) != 1:
+        raise ValueError(f"cannot concatenate datasets of different seq_length {sorted(lengths)}")
+    return TokenizedDataset(
+        torch.cat([d.tokens for d in datasets]), torch.cat([d.labels for d in datasets]),
+        torch.cat([d.loss_mask for d in datasets]),
+        source_lines=[line for d in datasets for line in d.source_lines],
+        num_truncated=sum(d.num_truncated for d in datasets),
+        num_without_loss=sum(d.num_without_loss for d in datasets),
+    )

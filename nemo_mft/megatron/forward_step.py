@@ -1,4 +1,4 @@
-"""megatron-core forward step for every method (mft, ft, kd, mft_incorrect_only) through one code path.
+"""megatron-core forward step for every method (mft, ft, kd, mft_incorrect_only, kd_ce) through one code path.
 
 ``forward_step(data_iterator, model) -> (output_tensor, loss_func)`` is megatron-core's schedule contract.
 The iterator yields micro-batches ``{"tokens", "labels", "loss_mask", "position_ids"}`` of [B, S] tensors
@@ -17,7 +17,7 @@ import torch
 from megatron.core import parallel_state
 
 from nemo_mft.config.schema import METHODS
-from nemo_mft.megatron.losses import LossSums, cross_entropy_sums, mft_sums
+from nemo_mft.megatron.losses import LossSums, constant_mix_sums, cross_entropy_sums, mft_sums
 
 __all__ = ["REPORT_KEYS", "MethodSpec", "method_spec", "MFTForwardStep", "make_forward_step"]
 
@@ -32,11 +32,16 @@ class MethodSpec:
     tau: float
     correct_all: bool
     distill_only: bool = False
+    ce_weight: float = 0.0  # > 0: loss = (1 - ce_weight) * distillation + ce_weight * cross-entropy
 
 
-def method_spec(method: str, tau: float) -> MethodSpec:
+def method_spec(method: str, tau: float, kd_ce_alpha: float = 0.5) -> MethodSpec:
     """mft: (teacher, tau, all tokens); ft: plain CE; kd: q = p (plain distillation, no correction);
-    mft_incorrect_only: correct_all=False."""
+    mft_incorrect_only: correct_all=False; kd_ce: (1 - alpha) KD + alpha CE, alpha = ``kd_ce_alpha``."""
+    if method == "kd_ce":
+        if not 0.0 <= kd_ce_alpha <= 1.0:
+            raise ValueError(f"kd_ce_alpha must be in [0, 1], got {kd_ce_alpha}")
+        return MethodSpec(True, 0.0, True, distill_only=True, ce_weight=float(kd_ce_alpha))
     if method == "mft":
         return MethodSpec(True, tau, True)
     if method == "ft":
@@ -61,13 +66,13 @@ class MFTForwardStep:
     """
 
     def __init__(self, method: str, *, tau: float, temperature: float, impl: str = "auto",
-                 evaluate: bool = False, vocab_size: int) -> None:
+                 evaluate: bool = False, vocab_size: int, kd_ce_alpha: float = 0.5) -> None:
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.method = method
-        self.spec = method_spec(method, tau)
+        self.spec = method_spec(method, tau, kd_ce_alpha)
         self.temperature = float(temperature)
         self.impl = impl
         self.evaluate = evaluate
@@ -95,6 +100,10 @@ class MFTForwardStep:
             return cross_entropy_sums(student_logits, labels, loss_mask, vocab_size=self.vocab_size, tp_group=tp_group)
         if teacher_logits is None:
             raise ValueError(f"method {self.method!r} needs the teacher's logits")
+        if self.spec.ce_weight > 0.0:
+            return constant_mix_sums(student_logits, teacher_logits, labels, loss_mask, alpha=self.spec.ce_weight,
+                                     temperature=self.temperature, vocab_size=self.vocab_size, tp_group=tp_group,
+                                     impl=self.impl)
         return mft_sums(student_logits, teacher_logits, labels, loss_mask, tau=self.spec.tau,
                         temperature=self.temperature, correct_all=self.spec.correct_all,
                         distill_only=self.spec.distill_only,
@@ -114,10 +123,11 @@ class MFTForwardStep:
 
 
 def make_forward_step(method: str, *, tau: float, temperature: float, impl: str = "auto", evaluate: bool = False,
-                      vocab_size: int) -> MFTForwardStep:
+                      vocab_size: int, kd_ce_alpha: float = 0.5) -> MFTForwardStep:
     """Forward step for ``method`` (see `MFTForwardStep`). ``evaluate``: student only, "loss" = student CE.
 
     vocab_size: the tokenizer's vocabulary (padding columns of the model are excluded from the losses).
+    kd_ce_alpha: the cross-entropy weight of method ``kd_ce``.
     """
     return MFTForwardStep(method, tau=tau, temperature=temperature, impl=impl, evaluate=evaluate,
-                          vocab_size=vocab_size)
+                          vocab_size=vocab_size, kd_ce_alpha=kd_ce_alpha)

@@ -16,7 +16,7 @@ from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from nemo_mft.loss import mft_loss
 
-__all__ = ["LossSums", "mft_sums", "cross_entropy_sums", "mask_padded_columns"]
+__all__ = ["LossSums", "mft_sums", "cross_entropy_sums", "constant_mix_sums", "mask_padded_columns"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,18 @@ def mft_sums(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels:
     )
     return LossSums(loss=loss.float(), weight=stats.weight_sum.float(), student_ce=stats.student_ce_sum.float(),
                     teacher_correct=stats.teacher_correct_sum.float(), mixing_weight=stats.mixing_weight_sum.float())
+
+
+def constant_mix_sums(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      loss_mask: torch.Tensor, *, alpha: float, temperature: float, vocab_size: int,
+                      tp_group: dist.ProcessGroup | None, impl: str = "auto") -> LossSums:
+    """The constant-mix baseline: (1 - alpha) T^2 sum_w KL(p || softmax(s/T)) + alpha sum_w CE(s, y).
+
+    The classic distillation + cross-entropy mix (Hinton et al.): unlike MFT, the share of the label is the
+    same for every token. Shapes as in `mft_sums`; ``mixing_weight`` reports alpha per token.
+    """
+    kd = mft_sums(student_logits, teacher_logits, labels, loss_mask, tau=0.0, temperature=temperature,
+                  correct_all=True, vocab_size=vocab_size, tp_group=tp_group, impl=impl, distill_only=True)
+    ce = cross_entropy_sums(student_logits, labels, loss_mask, vocab_size=vocab_size, tp_group=tp_group)
+    return LossSums(loss=(1.0 - alpha) * kd.loss + alpha * ce.loss, weight=kd.weight, student_ce=kd.student_ce,
+                    teacher_correct=kd.teacher_correct, mixing_weight=alpha * kd.weight)

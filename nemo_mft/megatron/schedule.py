@@ -89,10 +89,12 @@ def run_microbatches(forward_step: Callable, data_iterator: Iterator, chunks: li
 
 
 def train_step(forward_step: Callable, data_iterator: Iterator, chunks: list, optimizer, *, num_microbatches: int,
-               seq_length: int, micro_batch_size: int) -> StepResult:
+               seq_length: int, micro_batch_size: int, regularizer=None) -> StepResult:
     """One optimizer step: zero grads, forward/backward all micro-batches, finalize grads, step.
 
-    ``chunks`` are DDP-wrapped (`optim.wrap_with_ddp`). The caller steps the LR scheduler.
+    ``chunks`` are DDP-wrapped (`optim.wrap_with_ddp`). ``regularizer`` (e.g.
+    `regularization.L2ToInitial`) adds its gradient term to the finalized gradients before the step.
+    The caller steps the LR scheduler.
     """
     config = unwrap(chunks[0]).config
     if config.finalize_model_grads_func is None:
@@ -103,6 +105,8 @@ def train_step(forward_step: Callable, data_iterator: Iterator, chunks: list, op
     optimizer.zero_grad()
     reports = run_microbatches(forward_step, data_iterator, chunks, num_microbatches=num_microbatches,
                                seq_length=seq_length, micro_batch_size=micro_batch_size, forward_only=False)
+    if regularizer is not None:
+        regularizer.add_to_grads()
     update_successful, grad_norm, _ = optimizer.step()
     if optimizer.config.clip_grad <= 0.0:
         grad_norm = optimizer.get_grad_norm()  # step() only measures it when clipping

@@ -27,7 +27,15 @@ def recipe_names():
 
 @pytest.mark.parametrize("name", recipe_names())
 def test_every_shipped_recipe_validates(compose_recipe, name):
-    config = validate_config(compose_recipe(name, ["dataset.dataset_root=/data"]))
+    from omegaconf import OmegaConf
+
+    # Fill the paths a recipe leaves to the user: `???` values, and a huggingface tokenizer's path.
+    raw = compose_recipe(name, [])
+    missing = sorted(OmegaConf.missing_keys(raw))
+    assert "dataset.dataset_root" in missing
+    if raw.tokenizer.type == "huggingface" and not raw.tokenizer.path:
+        missing.append("tokenizer.path")
+    config = validate_config(compose_recipe(name, [f"{key}=/data" for key in missing]))
     assert isinstance(config, FinetuneConfig)
 
 
@@ -54,6 +62,10 @@ def test_overrides_reach_the_sections(compose_recipe):
     ("dataset.max_samples=0", "dataset.max_samples"),
     ("tokenizer.type=huggingface", "tokenizer.path is required"),
     ("scheduler.lr_warmup_iters=1000", "lr_warmup_iters must not exceed"),
+    ("mft.kd_ce_alpha=1.5", "mft.kd_ce_alpha must be in"),
+    ("mft.l2_init_weight=-0.1", "mft.l2_init_weight must be >= 0"),
+    ("dataset.replay_fraction=1.0", "dataset.replay_fraction must be in"),
+    ("dataset.replay_fraction=0.2", "needs dataset.replay_data"),
 ])
 def test_invalid_values_fail_with_the_key_named(compose_recipe, override, message):
     with pytest.raises(ValueError, match=message):
@@ -83,3 +95,14 @@ def test_world_size_must_fit_the_layout(compose_recipe):
     with pytest.raises(ValueError, match="data-parallel size"):
         validate_config(compose_recipe("mft_tiny", [
             "dataset.dataset_root=/data", "train.global_batch_size=6", "train.micro_batch_size=2"])).check_world(2)
+
+
+def test_baseline_options_reach_the_sections(compose_recipe):
+    config = validate_config(compose_recipe("mft_tiny", [
+        "dataset.dataset_root=/data", "mft.method=kd_ce", "mft.kd_ce_alpha=0.25", "mft.l2_init_weight=0.1",
+        "dataset.replay_data=/general.jsonl", "dataset.replay_fraction=0.2"]))
+    assert (config.mft.method, config.mft.kd_ce_alpha, config.mft.l2_init_weight) == ("kd_ce", 0.25, 0.1)
+    assert (config.dataset.replay_data, config.dataset.replay_fraction) == ("/general.jsonl", 0.2)
+    assert config.mft.label == "kd_ce alpha=0.25 + l2_init=0.1"
+    assert validate_config(compose_recipe("mft_tiny", ["dataset.dataset_root=/data", "mft.tau=0.1"])).mft.label \
+        == "mft tau=0.1"

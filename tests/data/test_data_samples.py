@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from nemo_mft.data.samples import build_sft_dataset, pack_sample
+from nemo_mft.data.samples import build_sft_dataset, concat_datasets, pack_sample
 from nemo_mft.data.tokenizers import ByteTokenizer
 from nemo_mft.data.windows import build_text_eval_dataset
 
@@ -124,3 +124,15 @@ def test_eval_window_caps_and_format(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "a"}, {"input": "q", "output": "r"}])
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: .*needs \{\"text\"\} rows"):
         build_text_eval_dataset(bad, TOK, 10)
+
+
+def test_concat_keeps_samples_in_order_and_adds_counters(tmp_path):
+    first = build_sft_dataset(write_jsonl(tmp_path / "a.jsonl", [{"input": "ab", "output": "cd"}] * 2), TOK, 4)
+    second = build_sft_dataset(write_jsonl(tmp_path / "b.jsonl", [{"text": "xy"}]), TOK, 4)
+    both = concat_datasets(first, second)
+    assert len(both) == 3 and both.source_lines == [1, 2, 1]
+    assert torch.equal(both.tokens, torch.cat([first.tokens, second.tokens]))
+    assert torch.equal(both.loss_mask[2], second.loss_mask[0])
+    assert both.num_truncated == first.num_truncated + second.num_truncated == 2
+    with pytest.raises(ValueError, match="different seq_length"):
+        concat_datasets(first, build_sft_dataset(str(tmp_path / "b.jsonl"), TOK, 8))

@@ -29,6 +29,8 @@ NUM_MB = 4  # micro-batches per optimizer step, over all data-parallel ranks
 STEPS = 3
 TAU = 0.25
 TEMPERATURE = 1.5
+KD_CE_ALPHA = 0.25  # method kd_ce: weight of the cross-entropy term (not 0.5, so a swapped mix would show)
+L2_WEIGHT, L2_SHIFT, L2_LR = 0.5, 0.01, 0.1  # L2-to-init: weight, theta - theta_0, SGD learning rate
 # (tp, pp, sequence_parallel). Sequence parallelism needs apex's LayerNorm with the local spec: not on CPU.
 LAYOUTS = ((1, 1, False), (2, 1, False), (1, 2, False), (2, 2, False))
 
@@ -216,5 +218,6 @@ def run_all(rank: int, world_size: int) -> dict:
         "model": sections.model_section(),
         "forward_step": sections.forward_step_section(),
         "methods": sections.methods_section(),
+        "l2_init": sections.l2_init_section(),
         "equivalence": sections.equivalence_section(),
     }

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from megatron_harness import (LAYOUTS, MBS, NUM_MB, SEQ, STEPS, TAU, TEMPERATURE, VOCAB, RecordingStep,
-                              all_records, deterministic_init, gather_full, gather_vocab, microbatch,
+from megatron_harness import (KD_CE_ALPHA, L2_LR, L2_SHIFT, L2_WEIGHT, LAYOUTS, MBS, NUM_MB, SEQ, STEPS, TAU,
+                              TEMPERATURE, VOCAB, RecordingStep, all_records, deterministic_init, gather_full, gather_vocab, microbatch,
                               step_iterator, tiny_model)
 
 
@@ -208,6 +208,17 @@ def forward_step_section() -> dict:
         loss.backward()
         per_method[method] = {"reports": {k: v.tolist() for k, v in reports.items()}, "loss": float(loss.detach()),
                               "runs_teacher": run_teacher}
+    # kd_ce on a sharpened teacher (identical weights would make its distillation term 0): loss and the
+    # gradient w.r.t. the student logits, checked in the parent against the float64 references.
+    mft.zero_grad()
+    s, t = mft(tokens, pos, None, run_teacher=True)
+    s.retain_grad()
+    sharp = t * 1.7
+    kd_ce = make_forward_step("kd_ce", tau=TAU, temperature=TEMPERATURE, vocab_size=VOCAB, kd_ce_alpha=KD_CE_ALPHA)
+    loss, _, reports = kd_ce.loss_func(crafted, mask, (s, sharp))
+    loss.backward()
+    out["kd_ce"] = {"loss": float(loss.detach()), "reports": {k: v.tolist() for k, v in reports.items()},
+                    "student": gather_vocab(s), "teacher": gather_vocab(sharp), "grad": gather_vocab(s.grad)}
     mft.zero_grad()
     s, t = mft(tokens, pos, None, run_teacher=True)
     out["methods"] = per_method
@@ -229,12 +240,12 @@ def methods_section() -> dict:
     out = {}
     layout = initialize_parallel(2, 2, seed=3)
     section = tiny_model(2, 2)
-    for method in ("mft", "ft", "kd", "mft_incorrect_only"):
+    for method in ("mft", "ft", "kd", "mft_incorrect_only", "kd_ce"):
         chunks = build_model(section, vocab_size=VOCAB, seq_length=SEQ, method=method)
         deterministic_init(chunks)
         ddp = wrap_with_ddp(chunks, section)
         optimizer = build_optimizer(ddp, OptimizerSection(lr=1e-2, clip_grad=1.0))
-        step = make_forward_step(method, tau=TAU, temperature=TEMPERATURE, vocab_size=VOCAB)
+        step = make_forward_step(method, tau=TAU, temperature=TEMPERATURE, vocab_size=VOCAB, kd_ce_alpha=KD_CE_ALPHA)
         evaluate = make_forward_step(method, tau=TAU, temperature=TEMPERATURE, vocab_size=VOCAB, evaluate=True)
         kwargs = dict(num_microbatches=NUM_MB // layout.dp_size, seq_length=SEQ, micro_batch_size=MBS)
         for chunk in ddp:
@@ -251,6 +262,50 @@ def methods_section() -> dict:
         out[method] = {"eval_before": before, "train": result.reports, "eval_after": after,
                        "grad_norm": result.grad_norm, "ok": result.update_successful,
                        "same_on_all_ranks": all(e == everyone[0] for e in everyone)}
+    destroy_parallel()
+    return out
+
+
+def l2_init_section() -> dict:
+    """L2-to-init on TP=2 x DP=2: one SGD step with and without it, the anchors shifted by L2_SHIFT so that
+    theta - theta_0 = L2_SHIFT; the parent checks the difference is -lr * weight * L2_SHIFT everywhere."""
+    from nemo_mft.config.schema import OptimizerSection
+    from nemo_mft.megatron import (L2ToInitial, build_model, build_optimizer, destroy_parallel, initialize_parallel,
+                                   make_forward_step, train_step, unwrap, wrap_with_ddp)
+
+    layout = initialize_parallel(2, 1, seed=3)
+    section = tiny_model(2, 1)
+    step = make_forward_step("ft", tau=TAU, temperature=TEMPERATURE, vocab_size=VOCAB)
+    kwargs = dict(num_microbatches=NUM_MB // layout.dp_size, seq_length=SEQ, micro_batch_size=MBS)
+    after = {}
+    for name, weight in (("plain", 0.0), ("l2", L2_WEIGHT)):
+        chunks = build_model(section, vocab_size=VOCAB, seq_length=SEQ, method="ft")
+        deterministic_init(chunks)
+        regularizer = L2ToInitial(chunks, weight)
+        for _, anchor in regularizer.pairs:
+            anchor.sub_(L2_SHIFT)
+        ddp = wrap_with_ddp(chunks, section)
+        optimizer = build_optimizer(ddp, OptimizerSection(optimizer="sgd", lr=L2_LR, clip_grad=0.0))
+        train_step(step, step_iterator(0, layout.dp_rank, layout.dp_size), ddp, optimizer, regularizer=regularizer,
+                   **kwargs)
+        after[name] = [p.detach().clone() for p in unwrap(ddp[0]).student.parameters()]
+    expected = -L2_LR * L2_WEIGHT * L2_SHIFT
+    deviation = max(float((l2 - plain - expected).abs().max()) for l2, plain in zip(after["l2"], after["plain"]))
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, deviation)
+
+    # With a teacher, theta_0 is the teacher's own storage (no copy), and must equal the student.
+    mft = build_model(section, vocab_size=VOCAB, seq_length=SEQ, method="mft")
+    deterministic_init(mft)
+    model = unwrap(mft[0])
+    shared = L2ToInitial(mft, L2_WEIGHT)
+    teacher_ptrs = {p.data_ptr() for p in model.teacher.parameters()}
+    out = {"max_deviation": max(everyone), "expected_step": expected,
+           "num_pairs": len(shared.pairs), "num_params": sum(1 for _ in model.student.parameters()),
+           "anchors_are_teacher": _all(all(a.data_ptr() in teacher_ptrs for _, a in shared.pairs))}
+    with torch.no_grad():
+        next(model.student.parameters()).add_(1.0)
+    out["moved_student"] = _catch(L2ToInitial, mft, L2_WEIGHT)
     destroy_parallel()
     return out
 

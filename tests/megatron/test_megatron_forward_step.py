@@ -28,6 +28,10 @@ def test_method_switch():
     assert method_spec("ft", 0.3).uses_teacher is False
     assert method_spec("kd", 0.3) == MethodSpec(uses_teacher=True, tau=0.0, correct_all=True, distill_only=True)
     assert method_spec("mft_incorrect_only", 0.3) == MethodSpec(uses_teacher=True, tau=0.3, correct_all=False)
+    assert method_spec("kd_ce", 0.3, kd_ce_alpha=0.4) == MethodSpec(uses_teacher=True, tau=0.0, correct_all=True,
+                                                                   distill_only=True, ce_weight=0.4)
+    with pytest.raises(ValueError, match="kd_ce_alpha must be in"):
+        method_spec("kd_ce", 0.3, kd_ce_alpha=1.5)
     with pytest.raises(ValueError, match="method must be one of"):
         method_spec("dpo", 0.3)
     train = make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB)
@@ -97,3 +101,30 @@ def test_evaluate_reports_student_cross_entropy(megatron_job):
     assert not evaluate["runs_teacher"] and set(evaluate["reports"]) == {"loss", "student_ce"}
     assert evaluate["reports"]["loss"] == evaluate["reports"]["student_ce"]
     assert _close(evaluate["reports"]["loss"][0], out["methods"]["ft"]["loss"])
+
+
+def test_kd_ce_is_the_constant_mix_of_distillation_and_cross_entropy(megatron_job):
+    from megatron_harness import KD_CE_ALPHA
+
+    out = megatron_job["forward_step"]["kd_ce"]
+    s, t = out["student"].double(), out["teacher"].double()
+    logits = megatron_job["forward_step"]["logits"]
+    labels, mask = logits["labels"], logits["loss_mask"].double()
+    kd = load_loss_reference().reference_mft(s, t, labels, tau=0.0, temperature=TEMPERATURE, distill_only=True,
+                                             loss_mask=mask, vocab_size=VOCAB, reduction="sum")
+    log_p = torch.log_softmax(s[..., :VOCAB], dim=-1)
+    ce = float((-log_p.gather(-1, labels[..., None]).squeeze(-1) * mask).sum())
+    assert float(kd.loss) > 1e-3 * ce, "the sharpened teacher must make the distillation term non-trivial"
+    expected = (1 - KD_CE_ALPHA) * float(kd.loss) + KD_CE_ALPHA * ce
+    assert _close(out["loss"], expected)
+    assert _close(out["reports"]["loss"][0], expected)
+    weight = float(mask.sum())
+    assert out["reports"]["mixing_weight"] == pytest.approx([KD_CE_ALPHA * weight, weight])
+    assert _close(out["reports"]["student_ce"][0], ce)
+    # Gradient w.r.t. the (gathered) student logits: (1 - a) * KD gradient + a * (softmax(s) - onehot(y)) * w.
+    onehot = torch.nn.functional.one_hot(labels, s.shape[-1]).double()
+    probs = torch.zeros_like(s)
+    probs[..., :VOCAB] = torch.softmax(s[..., :VOCAB], dim=-1)
+    expected_grad = (1 - KD_CE_ALPHA) * kd.grad.reshape(s.shape) + KD_CE_ALPHA * (probs - onehot) * mask[..., None]
+    assert torch.allclose(out["grad"].double(), expected_grad, rtol=1e-4, atol=1e-6)
+    assert float(out["grad"][..., VOCAB:].abs().max()) == 0.0  # padding columns get no gradient

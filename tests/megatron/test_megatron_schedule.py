@@ -12,7 +12,7 @@ import pytest
 
 from megatron_harness import NUM_MB
 
-METHODS = ("mft", "ft", "kd", "mft_incorrect_only")
+METHODS = ("mft", "ft", "kd", "mft_incorrect_only", "kd_ce")
 
 
 @pytest.mark.parametrize("method", METHODS)
