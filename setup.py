@@ -10,6 +10,7 @@ setup(
     # Kept loose so the plugin installs into NGC containers (pip install --no-deps) without touching
     # their torch / megatron-core; the tested CPU pins live in requirements/.
     install_requires=["torch>=2.4"],
+    entry_points={"console_scripts": ["nemo-mft = nemo_mft.finetune.cli:main"]},
     extras_require={
         "megatron": ["megatron-core>=0.16"],
         "triton": ["triton>=3.6"],
