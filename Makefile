@@ -1,11 +1,11 @@
-# Two entry points do all set-up: `make test` (and, later, `make demo`).
+# Two entry points do all set-up: `make test` and `make demo`.
 # The virtualenv is created on first use and refreshed whenever a requirements file or setup.py changes.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test venv bench clean
+.PHONY: test venv bench clean demo demo-corpora
 
 venv: $(STAMP)
 
@@ -20,6 +20,33 @@ $(STAMP): setup.py requirements/torch-cpu.txt requirements/cpu.txt requirements/
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The demo: FT vs MFT on real offline corpora (Debian packages), CPU only. DEMO_ARGS passes options,
+# e.g. `make demo DEMO_ARGS="--smoke"` or `make demo DEMO_ARGS="--threads 1"`.
+DEMO_STAMP := $(VENV)/.demo-installed
+DEMO_PACKAGES := fortunes bible-kjv bible-kjv-text
+DEMO_ARGS ?=
+
+$(DEMO_STAMP): $(STAMP) requirements/demo.txt
+	$(PY) -m pip install --quiet -r requirements/demo.txt
+	touch $(DEMO_STAMP)
+
+# Installs the corpora's Debian packages only when one is missing, as root or with password-less sudo.
+demo-corpora:
+	@if [ -d /usr/share/games/fortunes ] && command -v bible >/dev/null 2>&1 && [ -f /usr/lib/bible.data ]; then \
+		echo "demo corpora: Debian packages $(DEMO_PACKAGES) present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEMO_PACKAGES); \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEMO_PACKAGES); \
+	else \
+		echo "make demo needs the Debian packages $(DEMO_PACKAGES) (the demo's corpora)." >&2; \
+		echo "Install them as root:  sudo apt-get install $(DEMO_PACKAGES)   then run make demo again." >&2; \
+		exit 1; \
+	fi
+
+demo: $(DEMO_STAMP) demo-corpora
+	$(PY) -m nemo_mft.demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loss.py

@@ -1,0 +1,5 @@
+import sys
+
+from nemo_mft.demo.run import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""benchmarks/paper_repro.py: the configuration grid and the table's matched-S column (no training here)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "paper_repro.py"
+
+
+@pytest.fixture(scope="module")
+def repro():
+    spec = importlib.util.spec_from_file_location("paper_repro", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(repro, families=None):
+    return SimpleNamespace(taus=[0.05, 0.25], io_tau=0.25, kd_ce_alphas=[0.25, 0.5], l2_weights=[0.1],
+                           replay_fraction=0.2, families=set(families or repro.FAMILIES))
+
+
+def test_grid_covers_every_baseline_with_its_overrides(repro):
+    grid = {c.name: c for c in repro.configs(_args(repro), Path("/g.jsonl"))}
+    assert list(grid) == ["ft", "kd", "mft tau=0.05", "mft tau=0.25", "mft_incorrect_only tau=0.25",
+                          "kd_ce alpha=0.25", "kd_ce alpha=0.5", "ft + l2_init=0.1", "ft + replay 0.2",
+                          "mft tau=0.25 + replay 0.2"]
+    assert grid["kd_ce alpha=0.25"].method == "kd_ce" and grid["kd_ce alpha=0.25"].overrides == ("mft.kd_ce_alpha=0.25",)
+    assert grid["ft + l2_init=0.1"].method == "ft" and grid["ft + l2_init=0.1"].overrides == ("mft.l2_init_weight=0.1",)
+    assert grid["mft tau=0.25 + replay 0.2"].overrides == (
+        "mft.tau=0.25", "dataset.replay_data=/g.jsonl", "dataset.replay_fraction=0.2")
+    only = repro.configs(_args(repro, {"ft", "kd_ce"}), Path("/g.jsonl"))
+    assert [c.family for c in only] == ["ft", "kd_ce", "kd_ce"]
+
+
+def _run(name, seed, s, dg, evals=()):
+    return {"budget": 500, "name": name, "seed": seed, "base": {"spec_ppl": 1000.0, "gen_ppl": 100.0},
+            "final": {"spec_ppl": 1000.0 - s, "gen_ppl": 100.0 + dg, "S": s, "DG": dg, "DG_over_S": dg / s},
+            "evals": list(evals)}
+
+
+def test_matched_s_column_interpolates_on_ft_trajectory(repro):
+    ft = _run("ft", 1, 900.0, 150.0, [{"S": 0.0, "DG": 0.0}, {"S": 800.0, "DG": 80.0}, {"S": 900.0, "DG": 150.0}])
+    mft = _run("mft tau=0.25", 1, 850.0, 23.0)
+    # FT reaches S=850 halfway between its evaluations at S=800 (DG 80) and S=900 (DG 150): DG 115.
+    assert repro.matched_ratio(mft, ft) == pytest.approx(115.0 / 23.0)
+    assert repro.matched_ratio(_run("x", 1, 950.0, 10.0), ft) is None  # FT never gets there
+    assert repro.matched_ratio(mft, None) is None
+    text = repro.table([ft, mft], ["ft", "mft tau=0.25"])
+    rows = [line for line in text.splitlines() if line.startswith("| 500")]
+    assert rows[0].startswith("| 500 | ft | 1 |") and rows[0].endswith("| - |")
+    assert rows[1].startswith("| 500 | mft tau=0.25 | 1 | 150.00 ± 0.00 | 123.00 ± 0.00 | 850.00 ± 0.00 |")
+    assert rows[1].endswith(f"| {115.0 / 23.0:.2f} ± 0.00 |")
