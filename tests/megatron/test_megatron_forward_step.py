@@ -128,3 +128,12 @@ def test_kd_ce_is_the_constant_mix_of_distillation_and_cross_entropy(megatron_jo
     expected_grad = (1 - KD_CE_ALPHA) * kd.grad.reshape(s.shape) + KD_CE_ALPHA * (probs - onehot) * mask[..., None]
     assert torch.allclose(out["grad"].double(), expected_grad, rtol=1e-4, atol=1e-6)
     assert float(out["grad"][..., VOCAB:].abs().max()) == 0.0  # padding columns get no gradient
+
+
+def test_signature_fits_megatron_bridge_without_state_injection():
+    """Megatron-Bridge inspects a forward step's signature: (data_iterator, model) runs as is, with no
+    GlobalState injected (its maybe_inject_state); megatron-core's schedules call it the same way."""
+    import inspect
+
+    step = make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB)
+    assert list(inspect.signature(step).parameters) == ["data_iterator", "model"]
