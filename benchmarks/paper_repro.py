@@ -31,6 +31,7 @@ by the configuration's DG: the "at comparable specialization" reading of the pap
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
         iters = max(1, round(EPOCHS_AT_500 * budget / 16))
         overrides = [f"train.seed={seed}", f"train.train_iters={iters}", f"evaluation.eval_interval={max(1, iters // 5)}",
                      *config.overrides, *args.overrides]
-        sized = PROFILES["full"].__class__(**{**PROFILES["full"].__dict__, "samples": budget})
+        sized = dataclasses.replace(profile, samples=budget)
         slug = config.name.replace(" + ", "+").replace(" ", "_").replace("=", "")
         log_dir = out / "runs" / f"b{budget}" / slug / f"seed{seed}"
         print(f"[repro] start budget {budget} seed {seed} {config.name}: {iters} iterations", flush=True)

@@ -43,7 +43,7 @@ class L2ToInitial:
                 anchor = anchors.get(name)
                 if anchor is None:
                     anchor = param.detach().clone()
-                elif anchor.shape != param.shape or not torch.equal(anchor, param.detach()):
+                elif not torch.equal(anchor, param.detach()):  # False for another shape too
                     raise ValueError(f"L2-to-init: the teacher's {name} is not the student's initial value; "
                                      "build the regularizer right after the pretrained weights are loaded")
                 self.pairs.append((param, anchor))
