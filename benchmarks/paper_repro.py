@@ -8,6 +8,7 @@ every run is scored on its final iterate on the held-out test sets (the same rul
 
     python benchmarks/paper_repro.py --jobs 2 --threads 1                      # the whole sweep
     python benchmarks/paper_repro.py --budgets 500 --families ft,mft --seeds 1  # a part of it
+    python benchmarks/paper_repro.py --table-only                               # the table of what ran
 
 Configurations per (budget, seed), by family (``--families``):
 
@@ -87,7 +88,8 @@ def _cell(values, digits=2):
     mean, sd, n = _stats(values)
     if mean is None:
         return "n/a"
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}" + ("" if n == len(values) else f" ({n}/{len(values)})")
+    spread = f" ± {sd:.{digits}f}" if n > 1 else ""  # one run has no spread to show
+    return f"{mean:.{digits}f}{spread}" + ("" if n == len(values) else f" ({n}/{len(values)})")
 
 
 def matched_ratio(run: dict, ft_run: dict | None):
@@ -117,7 +119,7 @@ def table(results: list[dict], order: list[str]) -> str:
     base_spec = sorted({round(r["base"]["spec_ppl"], 2) for r in results})
     lines.append(f"\nBase model: general PPL {', '.join(map(str, base_gen))}; domain PPL "
                  f"{', '.join(map(str, base_spec))} (the scored domain passages are a seed-dependent subset of the "
-                 "test split). Mean ± standard deviation over seeds; a count in parentheses is the number of runs "
+                 "test split). Mean ± standard deviation over seeds (a single run: its value alone); a count in parentheses is the number of runs "
                  "where the value exists (DG/S needs S > 0; the last column needs FT's trajectory to reach that S).")
     return "\n".join(lines)
 
@@ -140,6 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/paper_repro_out")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the runs")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (their output goes to log files)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: print and write the table of what results.json holds")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every finetuning run")
     args = parser.parse_args(argv)
     args.families = set(args.families.split(","))
@@ -149,8 +153,17 @@ def main(argv=None) -> int:
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-    profile = PROFILES["full"]
     cache, out = Path(args.cache), Path(args.out)
+    if args.table_only:
+        results_path = out / "results.json"
+        if not results_path.is_file():
+            parser.error(f"--table-only: no {results_path}")
+        text = table(json.loads(results_path.read_text()), [c.name for c in configs(args, Path("replay"))])
+        (out / "table.md").write_text(text + "\n")
+        print(text)
+        return 0
+
+    profile = PROFILES["full"]
     paths = prepare_data(cache, profile)
     base = ensure_base_model(cache, paths, profile)
     grid = configs(args, paths.corpora / "general" / "training.jsonl")
