@@ -119,9 +119,18 @@ def table(results: list[dict], order: list[str]) -> str:
     base_spec = sorted({round(r["base"]["spec_ppl"], 2) for r in results})
     lines.append(f"\nBase model: general PPL {', '.join(map(str, base_gen))}; domain PPL "
                  f"{', '.join(map(str, base_spec))} (the scored domain passages are a seed-dependent subset of the "
-                 "test split). Mean ± standard deviation over seeds (a single run: its value alone); a count in parentheses is the number of runs "
-                 "where the value exists (DG/S needs S > 0; the last column needs FT's trajectory to reach that S).")
+                 "test split). Mean ± standard deviation over seeds (a single run: its value alone); a count in "
+                 "parentheses is the number of runs where the value exists (DG/S needs S > 0; the last column needs "
+                 "FT's trajectory to reach that S).")
     return "\n".join(lines)
+
+
+def write_table(results: list[dict], order: list[str], out: Path) -> None:
+    """Write ``out/table.md`` and print the same table."""
+    text = table(results, order)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text + "\n")
+    print(text)
 
 
 def _floats(text: str) -> list[float]:
@@ -154,13 +163,12 @@ def main(argv=None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     cache, out = Path(args.cache), Path(args.out)
+    results_path = out / "results.json"
     if args.table_only:
-        results_path = out / "results.json"
         if not results_path.is_file():
             parser.error(f"--table-only: no {results_path}")
-        text = table(json.loads(results_path.read_text()), [c.name for c in configs(args, Path("replay"))])
-        (out / "table.md").write_text(text + "\n")
-        print(text)
+        # The names of the grid do not depend on the replay file's path.
+        write_table(json.loads(results_path.read_text()), [c.name for c in configs(args, Path("replay"))], out)
         return 0
 
     profile = PROFILES["full"]
@@ -170,7 +178,6 @@ def main(argv=None) -> int:
     budgets = [int(b) for b in args.budgets.split(",") if b]
     seeds = [int(s) for s in args.seeds.split(",") if s]
 
-    results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     done = {(r["budget"], r["name"], r["seed"], tuple(r["overrides"])) for r in results}
     todo = [(budget, seed, config) for budget in budgets for seed in seeds for config in grid
@@ -202,10 +209,8 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for future in [pool.submit(run, *item) for item in todo]:
             future.result()
-    text = table(results, [c.name for c in grid])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(text + "\n")
-    print("\n" + text)
+    print()
+    write_table(results, [c.name for c in grid], out)
     print(f"\n[repro] {len(results)} runs in {results_path}; this invocation took {time.time() - t0:.0f} s")
     return 0
 

@@ -67,7 +67,7 @@ def test_table_shows_mean_and_spread_over_seeds(repro):
 def test_table_only_runs_nothing_and_writes_the_table(repro, tmp_path, capsys):
     runs = [_run("ft", 1, 900.0, 150.0), _run("mft tau=0.25", 1, 850.0, 23.0)]
     (tmp_path / "results.json").write_text(json.dumps(runs))
-    # --cache points nowhere: building data or a base model would fail, so none may be attempted.
+    # --cache points at a missing folder: building data or a base model would create it.
     assert repro.main(["--table-only", "--out", str(tmp_path), "--cache", str(tmp_path / "absent")]) == 0
     assert not (tmp_path / "absent").exists()
     written = (tmp_path / "table.md").read_text()
