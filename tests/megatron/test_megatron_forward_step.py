@@ -19,8 +19,9 @@ REL = 1e-5
 SPECS = {"mft": (TAU, True, False), "kd": (TAU, True, True), "mft_incorrect_only": (TAU, False, False)}
 
 
-def _close(actual: float, expected: float, rel: float = REL) -> bool:
-    return abs(actual - expected) <= rel * max(abs(expected), 1e-6)
+def _close(actual: float, expected: float, rel: float = REL, atol: float | None = None) -> bool:
+    """|actual - expected| <= max(rel |expected|, atol); atol defaults to rel * 1e-6."""
+    return abs(actual - expected) <= max(rel * abs(expected), rel * 1e-6 if atol is None else atol)
 
 
 def test_method_switch():
@@ -65,8 +66,11 @@ def test_methods_match_float64_reference(megatron_job, method):
     reports = out["methods"][method]["reports"]
     weight = float(ref.stats["weight_sum"])
     assert reports["loss"][1] == reports["student_ce"][1] == weight
-    assert _close(reports["loss"][0], float(ref.loss))
-    assert _close(out["methods"][method]["loss"], float(ref.loss))
+    # kd of identical logits is 0 by cancellation of terms the size of the CE: fp32 can only get it
+    # within a few ulps of those terms (what it gives depends on the CPU's vector code).
+    cancellation = 8 * torch.finfo(torch.float32).eps * float(ref.stats["student_ce"]) * weight
+    assert _close(reports["loss"][0], float(ref.loss), atol=cancellation)
+    assert _close(out["methods"][method]["loss"], float(ref.loss), atol=cancellation)
     assert _close(reports["student_ce"][0], float(ref.stats["student_ce"]) * weight)
     assert _close(reports["teacher_acc"][0], float(ref.stats["teacher_accuracy"]) * weight)
     assert _close(reports["mixing_weight"][0], float(ref.stats["mixing_weight"]) * weight)
