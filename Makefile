@@ -18,8 +18,22 @@ $(STAMP): setup.py requirements/torch-cpu.txt requirements/cpu.txt requirements/
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+# The kernels again under Triton 3.6, the version GPU images ship (requirements/triton-compat.txt).
+COMPAT_VENV  := .venv-triton36
+COMPAT_PY    := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+
+$(COMPAT_STAMP): setup.py requirements/torch-cpu.txt requirements/triton-compat.txt
+	test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install --quiet --upgrade pip
+	$(COMPAT_PY) -m pip install --quiet -r requirements/torch-cpu.txt
+	$(COMPAT_PY) -m pip install --quiet -r requirements/triton-compat.txt
+	$(COMPAT_PY) -m pip install --quiet --no-deps -e .
+	touch $(COMPAT_STAMP)
+
+test: $(STAMP) $(COMPAT_STAMP)
 	$(PY) -m pytest -q tests
+	$(COMPAT_PY) -m pytest -q -p no:cacheprovider tests/kernels
 
 # The demo: FT vs MFT on real offline corpora (Debian packages), CPU only. DEMO_ARGS passes options,
 # e.g. `make demo DEMO_ARGS="--smoke"` or `make demo DEMO_ARGS="--threads 1"`.
@@ -52,4 +66,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_loss.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(COMPAT_VENV) build dist *.egg-info
