@@ -357,14 +357,14 @@ def worker_main(case_json: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def run_case(case: Case) -> Result:
+def run_case(case: Case, timeout_s: float = WORKER_TIMEOUT_S) -> Result:
     """Run a case in a fresh interpreter and parse its JSON line."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(asdict(case))]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return Result(case, status="error", error=f"timed out after {WORKER_TIMEOUT_S} s")
+        return Result(case, status="error", error=f"timed out after {timeout_s:g} s")
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             data = json.loads(line[len(RESULT_PREFIX):])
@@ -540,6 +540,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--methods", type=lambda s: s.split(","), help=f"comma-separated from {list(METHOD_NAMES)}")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--json", type=Path, help="write the raw results here, rewritten after every case")
+    parser.add_argument("--worker-timeout", type=float, default=WORKER_TIMEOUT_S,
+                        help=f"seconds one case may take before it is reported as an error (default {WORKER_TIMEOUT_S})")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = dict(DEFAULTS[args.device], **(QUICK[args.device] if args.quick else {}))
@@ -570,10 +573,18 @@ def main(argv=None) -> None:
         worker_main(args.worker)
         return
     load_before = load_average()
-    copy = run_case(copy_case(args.dtype)) if args.device == "cuda" else None
+    copy = run_case(copy_case(args.dtype), args.worker_timeout) if args.device == "cuda" else None
     methods = [m for m in METHOD_NAMES if m in args.methods]
-    results = [run_case(Case(m, args.device, n, v, args.dtype, args.warmup, args.repeats))
-               for n in args.tokens for v in args.vocab for m in methods]
+    results = []
+    for case in (Case(m, args.device, n, v, args.dtype, args.warmup, args.repeats)
+                 for n in args.tokens for v in args.vocab for m in methods):
+        results.append(run_case(case, args.worker_timeout))
+        r = results[-1]
+        print(f"[{len(results)}] {METHOD_NAMES[case.method]} N={case.n} V={case.v}: {r.status} "
+              f"{fmt(r.time_ms, '.2f', ' ms')} {r.error}", file=sys.stderr, flush=True)
+        if args.json:  # after every case: a run cut short keeps what it measured
+            args.json.write_text(json.dumps({"copy": copy and asdict(copy), "results": [asdict(x) for x in results]},
+                                            indent=1))
     report = Report(results, args.device, copy)
     print(f"MFT loss forward+backward (tau={TAU}, T={TEMPERATURE}, TP=1) on {args.device}: median of "
           f"{args.repeats} after {args.warmup} warm-up, each case in a fresh process. torch {torch.__version__}, "
