@@ -3,12 +3,16 @@
 The interpreter runs kernels as numpy code, so it misses what only the compiler checks: types of
 loop-carried values, constexpr branches, lowering of every op. It also cannot show two properties that
 the GPU relies on, checked here in the generated code: the row offset is computed in 64 bits (N * V_local
-may exceed 2^31), and the gradient is rounded to bf16 to nearest (`cvt.rn`), once.
+may exceed 2^31), and the gradient is rounded to bf16 to nearest (`cvt.rn`), once. ptxas (bundled with
+Triton) then checks that the default launch configurations do not spill registers.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -39,15 +43,25 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
 
 
-def _compile(kernel, signature, constexprs, arch):
+def _compile(kernel, signature, constexprs, arch, num_warps):
     source = ASTSource(kernel, signature, constexprs=constexprs)
     try:
-        return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": triton_backend.STATS_NUM_WARPS})
+        return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     except (RuntimeError, FileNotFoundError) as err:  # pragma: no cover - environment without ptxas
         if "ptxas" in str(err):
             pytest.skip(f"no usable ptxas: {err}")
         raise
+
+
+def _compile_stats(separate_t1: bool, arch: int):
+    return _compile(mft_kernels.mft_statistics_kernel, STATS_SIGNATURE,
+                    {"SEPARATE_T1": separate_t1, "BLOCK": triton_backend.STATS_BLOCK}, arch,
+                    triton_backend.STATS_NUM_WARPS)
+
+
+def _compile_grad(arch: int):
+    return _compile(mft_kernels.mft_gradient_kernel, GRAD_SIGNATURE, {"BLOCK": triton_backend.GRAD_BLOCK}, arch,
+                    triton_backend.GRAD_NUM_WARPS)
 
 
 def _has_64bit_row_offset(ttir: str) -> bool:
@@ -60,12 +74,38 @@ def _has_64bit_row_offset(ttir: str) -> bool:
 @pytest.mark.parametrize("arch", [80, 90])
 def test_kernels_compile_for_ampere_and_hopper(arch):
     for separate in (False, True):
-        stats = _compile(mft_kernels.mft_statistics_kernel, STATS_SIGNATURE,
-                         {"SEPARATE_T1": separate, "BLOCK": triton_backend.STATS_BLOCK}, arch)
+        stats = _compile_stats(separate, arch)
         assert _has_64bit_row_offset(stats.asm["ttir"])
-    grad = _compile(mft_kernels.mft_gradient_kernel, GRAD_SIGNATURE, {"BLOCK": triton_backend.GRAD_BLOCK}, arch)
+    grad = _compile_grad(arch)
     assert _has_64bit_row_offset(grad.asm["ttir"])
     ptx = grad.asm["ptx"]
     to_bf16 = [line for line in ptx.splitlines() if re.search(r"cvt\S*\.bf16(x2)?\.f32", line)]
     assert to_bf16 and all(".rn" in line for line in to_bf16), to_bf16[:4]
     assert "cvt.f32.bf16" in ptx  # loads widened to fp32; no bf16 arithmetic in between
+
+
+def _ptxas_report(ptx: str, arch: int, tmp_path) -> str:
+    """ptxas -v of the PTX for sm_<arch> (Triton's bundled ptxas): registers, stack and spills."""
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():  # pragma: no cover - Triton without its bundled CUDA tools
+        pytest.skip(f"no ptxas at {ptxas}")
+    source = tmp_path / "kernel.ptx"
+    source.write_text(ptx)
+    target = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+    proc = subprocess.run([str(ptxas), f"-arch={target}", "-v", str(source), "-o", os.devnull],
+                          capture_output=True, text=True, check=True)
+    return proc.stderr
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_default_launch_configs_do_not_spill_registers(arch, tmp_path):
+    """Spills would turn the streaming loop's running sums into local-memory traffic on a bandwidth-bound
+    kernel: the default configurations must fit in registers (and leave room for >= 2 programs per SM)."""
+    kernels = [_compile_stats(False, arch), _compile_stats(True, arch), _compile_grad(arch)]
+    for kernel, warps in zip(kernels, (triton_backend.STATS_NUM_WARPS,) * 2 + (triton_backend.GRAD_NUM_WARPS,)):
+        report = _ptxas_report(kernel.asm["ptx"], arch, tmp_path)
+        spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
+        registers = [int(x) for x in re.findall(r"Used (\d+) registers", report)]
+        assert spills and registers, report
+        assert not any(spills), report
+        assert 2 * registers[0] * 32 * warps <= 65536, f"fewer than 2 programs per SM fit: {report}"
