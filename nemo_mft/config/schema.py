@@ -222,6 +222,9 @@ class MFTSection:
     temperature: float = 1.0
     impl: str = "auto"
     kd_ce_alpha: float = 0.5  # method kd_ce: weight of the cross-entropy term
+    # The student logits' buffer receives their gradient during the loss (one [B, S, V_local] tensor less
+    # per micro-batch); false only for code that reads the logits after the loss.
+    inplace_grad: bool = True
     # L2-to-initial-weights baseline (any method): adds l2_init_weight / 2 * ||theta - theta_0||^2 to the
     # per-token mean loss, theta_0 = the initial (pretrained) weights.
     l2_init_weight: float = 0.0
@@ -233,6 +236,7 @@ class MFTSection:
         _require(self.l2_init_weight >= 0.0, f"mft.l2_init_weight must be >= 0, got {self.l2_init_weight!r}")
         _require(self.temperature > 0, f"mft.temperature must be > 0, got {self.temperature!r}")
         _require(self.impl in ("auto", "torch", "triton"), f"mft.impl must be auto, torch or triton, got {self.impl!r}")
+        _require(isinstance(self.inplace_grad, bool), f"mft.inplace_grad must be true or false, got {self.inplace_grad!r}")
 
     @property
     def label(self) -> str:

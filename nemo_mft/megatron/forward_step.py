@@ -60,13 +60,19 @@ def _report(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 class MFTForwardStep:
     """Callable forward step; ``runs_teacher`` tells `schedule.run_microbatches` the activation layout.
 
+    With ``inplace_grad`` (the default) the MFT-type methods (mft, kd, mft_incorrect_only) write the
+    gradient of the student logits into the logits' own buffer while ``loss_func`` runs: the last stage
+    then holds one [B, S, V_local] tensor fewer per micro-batch. The logits are not needed after the loss
+    (the output layer's backward uses its input and weight); a wrapper that reads them after ``loss_func``
+    must pass ``inplace_grad=False`` (recipe: ``mft.inplace_grad=false``). kd_ce and ft never write in place.
+
     Attributes:
         runs_teacher: the teacher runs beside the student (pipeline stages exchange [S, 2B, H]).
         report_keys: the keys of ``reports``, in order.
     """
 
     def __init__(self, method: str, *, tau: float, temperature: float, impl: str = "auto",
-                 evaluate: bool = False, vocab_size: int, kd_ce_alpha: float = 0.5) -> None:
+                 evaluate: bool = False, vocab_size: int, kd_ce_alpha: float = 0.5, inplace_grad: bool = True) -> None:
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if temperature <= 0:
@@ -77,6 +83,7 @@ class MFTForwardStep:
         self.impl = impl
         self.evaluate = evaluate
         self.vocab_size = int(vocab_size)
+        self.inplace_grad = bool(inplace_grad)
         self.runs_teacher = self.spec.uses_teacher and not evaluate
         self.report_keys = REPORT_KEYS if self.runs_teacher else REPORT_KEYS[:2]
 
@@ -106,8 +113,8 @@ class MFTForwardStep:
                                      impl=self.impl)
         return mft_sums(student_logits, teacher_logits, labels, loss_mask, tau=self.spec.tau,
                         temperature=self.temperature, correct_all=self.spec.correct_all,
-                        distill_only=self.spec.distill_only,
-                        vocab_size=self.vocab_size, tp_group=tp_group, impl=self.impl)
+                        distill_only=self.spec.distill_only, vocab_size=self.vocab_size, tp_group=tp_group,
+                        impl=self.impl, inplace_grad=self.inplace_grad)
 
     def loss_func(self, labels: torch.Tensor, loss_mask: torch.Tensor, output_tensor):
         """(loss_sum, num_tokens int32, {key: float32 [sum, count]}) for the last pipeline stage."""
@@ -123,11 +130,12 @@ class MFTForwardStep:
 
 
 def make_forward_step(method: str, *, tau: float, temperature: float, impl: str = "auto", evaluate: bool = False,
-                      vocab_size: int, kd_ce_alpha: float = 0.5) -> MFTForwardStep:
+                      vocab_size: int, kd_ce_alpha: float = 0.5, inplace_grad: bool = True) -> MFTForwardStep:
     """Forward step for ``method`` (see `MFTForwardStep`). ``evaluate``: student only, "loss" = student CE.
 
     vocab_size: the tokenizer's vocabulary (padding columns of the model are excluded from the losses).
     kd_ce_alpha: the cross-entropy weight of method ``kd_ce``.
+    inplace_grad: the student logits' buffer receives their gradient in ``loss_func`` (see `MFTForwardStep`).
     """
     return MFTForwardStep(method, tau=tau, temperature=temperature, impl=impl, evaluate=evaluate,
-                          vocab_size=vocab_size, kd_ce_alpha=kd_ce_alpha)
+                          vocab_size=vocab_size, kd_ce_alpha=kd_ce_alpha, inplace_grad=inplace_grad)

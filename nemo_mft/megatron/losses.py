@@ -67,15 +67,17 @@ def cross_entropy_sums(student_logits: torch.Tensor, labels: torch.Tensor, loss_
 
 def mft_sums(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
              loss_mask: torch.Tensor, *, tau: float, temperature: float, correct_all: bool, vocab_size: int,
-             tp_group: dist.ProcessGroup | None, impl: str = "auto", distill_only: bool = False) -> LossSums:
+             tp_group: dist.ProcessGroup | None, impl: str = "auto", distill_only: bool = False,
+             inplace_grad: bool = False) -> LossSums:
     """MFT loss sum T^2 sum_w KL(q || softmax(s/T)) and its statistics, on vocab-parallel logits.
 
     student_logits, teacher_logits [B, S, V_local]; labels [B, S]; loss_mask [B, S] weights.
+    inplace_grad: the student logits' buffer receives their gradient during this call (`nemo_mft.mft_loss`).
     """
     loss, stats = mft_loss(
         student_logits, teacher_logits, labels.long(), tau=tau, temperature=temperature, correct_all=correct_all,
         distill_only=distill_only, loss_mask=loss_mask, vocab_size=vocab_size, reduction="sum", tp_group=tp_group,
-        impl=impl, return_stats=True,
+        impl=impl, return_stats=True, inplace_grad=inplace_grad,
     )
     return LossSums(loss=loss.float(), weight=stats.weight_sum.float(), student_ce=stats.student_ce_sum.float(),
                     teacher_correct=stats.teacher_correct_sum.float(), mixing_weight=stats.mixing_weight_sum.float())

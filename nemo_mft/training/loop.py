@@ -151,7 +151,7 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
     sampler = MicroBatchSampler(len(data.train), mbs, layout.dp_rank, dp_size, train_cfg.seed)
     batches = train_micro_batches(data.train, sampler, consumed_samples=start_iteration * gbs)
     step_kwargs = dict(tau=config.mft.tau, temperature=config.mft.temperature, impl=config.mft.impl,
-                       vocab_size=vocab_size, kd_ce_alpha=config.mft.kd_ce_alpha)
+                       vocab_size=vocab_size, kd_ce_alpha=config.mft.kd_ce_alpha, inplace_grad=config.mft.inplace_grad)
     train_step_fn = nm.make_forward_step(method, evaluate=False, **step_kwargs)
     evaluator = Evaluator(nm.make_forward_step(method, evaluate=True, **step_kwargs), data.validation,
                           data.general, micro_batch_size=mbs, seq_length=seq_length, dp_rank=layout.dp_rank,

@@ -6,6 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from nemo_mft.config import FinetuneConfig, register_schema, validate_config
+from nemo_mft.config.schema import MFTSection
 
 CONF_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "conf")
 
@@ -79,6 +80,16 @@ def test_unknown_key_and_wrong_type_fail_while_composing(compose_recipe):
         compose_recipe("mft_tiny", ["dataset.dataset_root=/data", "model.hidden_sizes=3"])
     with pytest.raises(ConfigCompositionException, match="train.train_iters"):
         compose_recipe("mft_tiny", ["dataset.dataset_root=/data", "train.train_iters=many"])
+    with pytest.raises(ConfigCompositionException, match="mft.inplace_grad"):
+        compose_recipe("mft_tiny", ["dataset.dataset_root=/data", "mft.inplace_grad=maybe"])
+
+
+def test_inplace_grad_is_on_unless_switched_off(compose_recipe):
+    assert validate_config(compose_recipe("mft_tiny", ["dataset.dataset_root=/data"])).mft.inplace_grad is True
+    off = validate_config(compose_recipe("mft_tiny", ["dataset.dataset_root=/data", "mft.inplace_grad=false"]))
+    assert off.mft.inplace_grad is False
+    with pytest.raises(ValueError, match="mft.inplace_grad must be true or false"):
+        MFTSection(inplace_grad=1)
 
 
 def test_missing_dataset_root_is_named(compose_recipe):

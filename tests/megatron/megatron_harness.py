@@ -177,15 +177,15 @@ class RecordingStep:
         mb_id = int(batch["mb_id"])
 
         def recording_loss_func(output_tensor):
-            loss, num_tokens, reports = loss_func(output_tensor)
-            self.records[mb_id] = {key: value.tolist() for key, value in reports.items()}
-            self.records[mb_id]["num_tokens"] = int(num_tokens)
-            self.records[mb_id]["loss_sum"] = float(loss.detach())
-            if self.capture:
+            if self.capture:  # before the loss: with inplace_grad it overwrites the student logits
                 student, teacher = output_tensor
                 self.captured[mb_id] = {
                     "student": gather_vocab(student), "teacher": gather_vocab(teacher) if teacher is not None else None,
                     "labels": batch["labels"].clone(), "loss_mask": batch["loss_mask"].clone()}
+            loss, num_tokens, reports = loss_func(output_tensor)
+            self.records[mb_id] = {key: value.tolist() for key, value in reports.items()}
+            self.records[mb_id]["num_tokens"] = int(num_tokens)
+            self.records[mb_id]["loss_sum"] = float(loss.detach())
             return loss, num_tokens, reports
 
         return output, recording_loss_func

@@ -219,6 +219,22 @@ def forward_step_section() -> dict:
     loss.backward()
     out["kd_ce"] = {"loss": float(loss.detach()), "reports": {k: v.tolist() for k, v in reports.items()},
                     "student": gather_vocab(s), "teacher": gather_vocab(sharp), "grad": gather_vocab(s.grad)}
+    # In place (the default for mft) against out of place: the student logits' buffer holds their
+    # gradient after loss_func, and the model's parameter gradients are the same.
+    inplace = {}
+    for flag in (True, False):
+        mft.zero_grad()
+        s, t = mft(tokens, pos, None, run_teacher=True)
+        s.retain_grad()
+        before = s.detach().clone()
+        step = make_forward_step("mft", tau=TAU, temperature=TEMPERATURE, vocab_size=VOCAB, inplace_grad=flag)
+        loss, _, _ = step.loss_func(crafted, mask, (s, t))
+        overwritten = not torch.equal(s.detach(), before)
+        loss.backward()
+        inplace[flag] = {"loss": float(loss.detach()), "overwritten": overwritten,
+                         "holds_grad": torch.equal(s.detach(), s.grad), "logits_grad": gather_vocab(s.grad),
+                         "param_grads": [p.grad.clone() for p in mft.parameters() if p.grad is not None]}
+    out["inplace"] = inplace
     mft.zero_grad()
     s, t = mft(tokens, pos, None, run_teacher=True)
     out["methods"] = per_method

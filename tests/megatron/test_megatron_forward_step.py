@@ -141,3 +141,16 @@ def test_signature_fits_megatron_bridge_without_state_injection():
 
     step = make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB)
     assert list(inspect.signature(step).parameters) == ["data_iterator", "model"]
+
+
+def test_inplace_gradient_is_the_default_and_changes_nothing_else(megatron_job):
+    """mft writes the student logits' gradient into their buffer by default; loss, logits gradient and every
+    parameter gradient are identical to the out-of-place run."""
+    runs = megatron_job["forward_step"]["inplace"]
+    assert make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB).inplace_grad is True
+    assert runs[True]["overwritten"] and runs[True]["holds_grad"]
+    assert not runs[False]["overwritten"] and not runs[False]["holds_grad"]
+    assert runs[True]["loss"] == runs[False]["loss"]
+    assert torch.equal(runs[True]["logits_grad"], runs[False]["logits_grad"])
+    assert len(runs[True]["param_grads"]) == len(runs[False]["param_grads"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(runs[True]["param_grads"], runs[False]["param_grads"]))
