@@ -49,8 +49,10 @@ class MFTLossFunction(torch.autograd.Function):
 
     ``weights`` are w in the compute dtype with 0 on ignored tokens. The loss is a scalar for
     reductions "mean"/"sum" and [N] w * l for "none". Backward costs nothing when the incoming
-    gradient is the scalar 1; otherwise it is one scaling pass over the stored gradient (for 16-bit
-    logits that rounds the gradient a second time: it is stored in the logits' dtype).
+    gradient is the scalar 1; otherwise it is one scaling pass over the stored gradient, in place (no
+    second logits-sized buffer; the factor is applied in fp32, but for 16-bit logits the product is
+    rounded a second time: the gradient is stored in the logits' dtype). Because of that in-place
+    scaling, a second backward through the same call (retain_graph) raises instead of reusing it.
 
     With ``options.inplace_grad`` the gradient is written into the student buffer in forward (when
     `_writable_in_place` allows; otherwise into a new buffer) and that buffer is returned as the grad.
@@ -111,9 +113,17 @@ class MFTLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_summary):
+        if getattr(ctx, "scaled_in_place", False):
+            raise RuntimeError(
+                "mft_loss: a second backward through the same loss call is not supported when the incoming "
+                "gradient is not 1 (the first one scaled the stored gradient in place); compute the loss again"
+            )
         (grad,) = ctx.saved_tensors
         if ctx.reduction == "none":
             grad = (grad * grad_loss.unsqueeze(-1).to(grad.dtype)).to(ctx.grad_dtype)
-        elif not bool(grad_loss == 1):
-            grad = grad * grad_loss.to(grad.dtype)
+        else:
+            scale = float(grad_loss)  # one host sync; a Python float keeps the product in fp32 opmath
+            if scale != 1.0:
+                grad.mul_(scale)
+                ctx.scaled_in_place = True
         return grad, None, None, None, None

@@ -477,3 +477,30 @@ def test_tau_zero_is_not_plain_distillation():
     assert torch.isclose(q_tau0[0, 0], q_tau0[0, 1]) and not torch.allclose(q_tau0, p)
     r = reference_mft(t, t, y, tau=0.0, distill_only=True)
     torch.testing.assert_close(r.q, p)
+
+
+@pytest.mark.parametrize("inplace_grad", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_scalar_incoming_gradient_scales_the_stored_gradient_once(dtype, reduction, inplace_grad):
+    """(c * loss).backward(): the unit gradient times c with the factor in fp32 (1/3 is not rounded to
+    bf16 first), written over the stored gradient (no new logits-sized buffer); a second backward
+    through the same call raises instead of scaling twice."""
+    from nemo_mft import mft_loss
+
+    s, t, y = make_inputs((5, 7), 53, dtype, seed=5)
+    kwargs = dict(tau=0.25, temperature=1.3, reduction=reduction, inplace_grad=inplace_grad)
+    _, unit = run_impl(s, t, y, **kwargs)
+    c = 1.0 / 3.0
+    leaf = s.detach().clone().requires_grad_()
+    loss = mft_loss(leaf, t, y, **kwargs)
+    (loss * c).backward(retain_graph=True)
+    assert torch.equal(leaf.grad, (unit.float() * c).to(dtype))
+    expected = reference_mft(s, t, y, tau=0.25, temperature=1.3, reduction=reduction).grad * c
+    tol = TOL[dtype]  # two roundings for 16-bit logits: the gradient, then the scaled gradient
+    torch.testing.assert_close(leaf.grad.double(), expected, rtol=2 * tol["grad_rtol"],
+                               atol=2 * tol["grad_atol_rel"] * float(expected.abs().max()))
+    if inplace_grad:
+        assert leaf.grad.data_ptr() == leaf.data_ptr()  # scaled where forward wrote it
+    with pytest.raises(RuntimeError, match="second backward through the same loss call"):
+        (loss * 2.0).backward()
