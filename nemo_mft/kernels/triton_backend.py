@@ -4,7 +4,10 @@ Implements the `nemo_mft.loss.backends.Backend` protocol (same statistics, same 
 `TorchBackend`, so both share the exchange, the combine and every error). Bytes moved per logit
 element with 16-bit logits: pass 1 reads student and teacher (4), pass 2 reads them again and writes
 the gradient (6), 10 in all; extra memory is O(N) (statistics and per-token targets), plus the
-[N, V_local] gradient unless it is written into the student buffer (``out=student``).
+[N, V_local] gradient unless it is written into the student buffer (``out=student``). When V_local and
+the row strides are multiples of 16 (Megatron pads the vocabulary to a multiple of 128 per rank), Triton's
+launcher specializes on that and the logits move in 16-byte vectors; other widths are correct but move
+one element per instruction.
 
 Runs on CUDA tensors, or on CPU tensors when the kernels were defined under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before this module is first imported; tests only). fp64 inputs go through

@@ -4,7 +4,8 @@ The interpreter runs kernels as numpy code, so it misses what only the compiler 
 loop-carried values, constexpr branches, lowering of every op. It also cannot show two properties that
 the GPU relies on, checked here in the generated code: the row offset is computed in 64 bits (N * V_local
 may exceed 2^31), and the gradient is rounded to bf16 to nearest (`cvt.rn`), once. ptxas (bundled with
-Triton) then checks that the default launch configurations do not spill registers.
+Triton) then checks that the default launch configurations do not spill registers, and the PTX that the
+logits move in 16-byte vectors when the launcher's alignment specialization applies.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ STATS_SIGNATURE = {
     "argmax_ptr": "*i64", "stride_student": "i32", "stride_teacher": "i32", "real_width": "i32",
     "inv_temperature": "fp32", "SEPARATE_T1": "constexpr", "BLOCK": "constexpr",
 }
+STATS_ALIGNED = ("student_ptr", "teacher_ptr", "labels_ptr", "stats_ptr", "argmax_ptr", "stride_student",
+                 "stride_teacher", "real_width")
+GRAD_ALIGNED = ("student_ptr", "teacher_ptr", "grad_ptr", "labels_ptr", "norms_ptr", "mix_ptr", "coef_ptr",
+                "stride_student", "stride_teacher", "stride_grad", "real_width", "width")
 GRAD_SIGNATURE = {
     "student_ptr": "*bf16", "teacher_ptr": "*bf16", "grad_ptr": "*bf16", "labels_ptr": "*i64",
     "norms_ptr": "*fp32", "mix_ptr": "*fp32", "coef_ptr": "*fp32",
@@ -43,8 +48,11 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
 
 
-def _compile(kernel, signature, constexprs, arch, num_warps):
-    source = ASTSource(kernel, signature, constexprs=constexprs)
+def _compile(kernel, signature, constexprs, arch, num_warps, aligned=()):
+    """``aligned``: names of arguments compiled as multiples of 16 (pointers: 16-byte aligned), as Triton's
+    launcher specializes them at run time when they are."""
+    attrs = {(list(signature).index(name),): [["tt.divisibility", 16]] for name in aligned}
+    source = ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
     try:
         return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     except (RuntimeError, FileNotFoundError) as err:  # pragma: no cover - environment without ptxas
@@ -53,15 +61,15 @@ def _compile(kernel, signature, constexprs, arch, num_warps):
         raise
 
 
-def _compile_stats(separate_t1: bool, arch: int):
+def _compile_stats(separate_t1: bool, arch: int, aligned=()):
     return _compile(mft_kernels.mft_statistics_kernel, STATS_SIGNATURE,
                     {"SEPARATE_T1": separate_t1, "BLOCK": triton_backend.STATS_BLOCK}, arch,
-                    triton_backend.STATS_NUM_WARPS)
+                    triton_backend.STATS_NUM_WARPS, aligned)
 
 
-def _compile_grad(arch: int):
+def _compile_grad(arch: int, aligned=()):
     return _compile(mft_kernels.mft_gradient_kernel, GRAD_SIGNATURE, {"BLOCK": triton_backend.GRAD_BLOCK}, arch,
-                    triton_backend.GRAD_NUM_WARPS)
+                    triton_backend.GRAD_NUM_WARPS, aligned)
 
 
 def _has_64bit_row_offset(ttir: str) -> bool:
@@ -109,3 +117,25 @@ def test_default_launch_configs_do_not_spill_registers(arch, tmp_path):
         assert spills and registers, report
         assert not any(spills), report
         assert 2 * registers[0] * 32 * warps <= 65536, f"fewer than 2 programs per SM fit: {report}"
+
+
+def _global_memory_ops(ptx: str) -> dict[str, int]:
+    ops: dict[str, int] = {}
+    for op in re.findall(r"^\s+(?:@%p\d+\s+)?((?:ld|st)\.global\S*)\s", ptx, re.M):
+        ops[op] = ops.get(op, 0) + 1
+    return ops
+
+
+def test_logits_move_in_16_byte_vectors_when_aligned():
+    """Megatron pads V_local to a multiple of 128 and allocations are 256-byte aligned, so the launcher
+    specializes pointers, row strides and widths as multiples of 16: every logit then moves in 16-byte
+    vector loads/stores (8 bf16 per instruction), none one element at a time (the 2 scalar 16-bit loads
+    left in pass 1 are the label logits)."""
+    stats = _global_memory_ops(_compile_stats(False, 90, aligned=STATS_ALIGNED).asm["ptx"])
+    grad = _global_memory_ops(_compile_grad(90, aligned=GRAD_ALIGNED).asm["ptx"])
+    per_thread = triton_backend.STATS_BLOCK // (32 * triton_backend.STATS_NUM_WARPS)  # logits per array
+    assert stats.get("ld.global.v4.b32", 0) == 2 * per_thread * 2 // 16, stats  # student and teacher
+    assert stats.get("ld.global.b16", 0) == 2, stats
+    per_thread = triton_backend.GRAD_BLOCK // (32 * triton_backend.GRAD_NUM_WARPS)
+    assert grad.get("ld.global.v4.b32", 0) == 2 * per_thread * 2 // 16, grad
+    assert grad.get("st.global.v4.b32", 0) == per_thread * 2 // 16 and "st.global.b16" not in grad, grad
