@@ -1,25 +1,19 @@
 """benchmarks/bench_loss.py's CUDA report (roofline share, memory share, speed-up and their targets) on
 made-up results with known answers: the GPU run must not be the first time this code executes."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_loss.py"
+from bench_scripts import load_script
+
 N, V = 16384, 128256
 LOGIT_BYTES = N * V * 2  # bf16
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_loss", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_loss")
 
 
 def _result(bench, method, v, time_ms, extra_bytes, loss=1.0, status="ok"):

@@ -1,23 +1,17 @@
 """benchmarks/paper_repro.py: the configuration grid and the table's matched-S column (no training here)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "paper_repro.py"
+from bench_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def repro():
-    spec = importlib.util.spec_from_file_location("paper_repro", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper_repro")
 
 
 def _args(repro, families=None):

@@ -15,8 +15,6 @@ views hold NaN where nothing may be read).
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 

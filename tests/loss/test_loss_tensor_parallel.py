@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from mft_cases import (F64, TOL, assert_grad_close, assert_loss_close, ignore_some, make_inputs, make_mask,
+from mft_cases import (F64, assert_grad_close, assert_loss_close, ignore_some, make_inputs, make_mask,
                        reference_mft, run_impl)
 
 STAT_NAMES = ("teacher_accuracy", "mixing_weight", "student_ce", "weight_sum")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_harness import VOCAB, tiny_model
+from megatron_harness import tiny_model
 from nemo_mft.megatron import padded_vocab_size
 from nemo_mft.megatron.model import check_supported_layout, unwrap
 
