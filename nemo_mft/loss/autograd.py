@@ -95,6 +95,7 @@ class MFTLossFunction(torch.autograd.Function):
 
         ctx.reduction = opts.reduction
         ctx.grad_dtype = student.dtype
+        ctx.scaled_in_place = False  # set by a backward that scales the stored gradient
         if ctx.needs_input_grad[0]:
             coef = weights if normalizer is None else weights / normalizer
             # Per-token scaling in backward ("none") happens in fp32 before the one rounding.
@@ -113,7 +114,7 @@ class MFTLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_summary):
-        if getattr(ctx, "scaled_in_place", False):
+        if ctx.scaled_in_place:
             raise RuntimeError(
                 "mft_loss: a second backward through the same loss call is not supported when the incoming "
                 "gradient is not 1 (the first one scaled the stored gradient in place); compute the loss again"
