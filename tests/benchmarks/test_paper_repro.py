@@ -32,8 +32,9 @@ def test_grid_covers_every_baseline_with_its_overrides(repro):
     assert [c.family for c in only] == ["ft", "kd_ce", "kd_ce"]
 
 
-def _run(name, seed, s, dg, evals=()):
-    return {"budget": 500, "name": name, "seed": seed, "base": {"spec_ppl": 1000.0, "gen_ppl": 100.0},
+def _run(name, seed, s, dg, evals=(), family=None, budget=500):
+    return {"budget": budget, "name": name, "family": family or name.split()[0], "seed": seed,
+            "base": {"spec_ppl": 1000.0, "gen_ppl": 100.0},
             "final": {"spec_ppl": 1000.0 - s, "gen_ppl": 100.0 + dg, "S": s, "DG": dg, "DG_over_S": dg / s},
             "evals": list(evals)}
 
@@ -45,7 +46,7 @@ def test_matched_s_column_interpolates_on_ft_trajectory(repro):
     assert repro.matched_ratio(mft, ft) == pytest.approx(115.0 / 23.0)
     assert repro.matched_ratio(_run("x", 1, 950.0, 10.0), ft) is None  # FT never gets there
     assert repro.matched_ratio(mft, None) is None
-    text = repro.table([ft, mft], ["ft", "mft tau=0.25"])
+    text = repro.table([mft, ft])  # FT's row first whatever the order of the runs
     rows = [line for line in text.splitlines() if line.startswith("| 500")]
     assert rows[0].startswith("| 500 | ft | 1 |") and rows[0].endswith("| - |")
     assert rows[1].startswith("| 500 | mft tau=0.25 | 1 | 150.00 | 123.00 | 850.00 |")
@@ -54,8 +55,20 @@ def test_matched_s_column_interpolates_on_ft_trajectory(repro):
 
 def test_table_shows_mean_and_spread_over_seeds(repro):
     runs = [_run("ft", 1, 900.0, 150.0), _run("ft", 2, 800.0, 130.0)]
-    row = next(line for line in repro.table(runs, ["ft"]).splitlines() if line.startswith("| 500"))
+    row = next(line for line in repro.table(runs).splitlines() if line.startswith("| 500"))
     assert row.startswith("| 500 | ft | 2 | 150.00 ± 70.71 | 240.00 ± 14.14 | 850.00 ± 70.71 | 140.00 ± 14.14 |")
+
+
+def test_table_rows_follow_the_families_then_names_whatever_ran_last(repro):
+    """A sweep of one family appends its runs at the end of results.json; the table keeps its order."""
+    runs = [_run("kd_ce alpha=0.5", 1, 900.0, 30.0, budget=2000), _run("ft + l2_init=1", 1, 880.0, 15.0, family="l2"),
+            _run("mft tau=0.5", 1, 960.0, 43.0), _run("kd_ce alpha=0.25", 1, 860.0, 11.0), _run("ft", 1, 990.0, 145.0),
+            _run("mft tau=0.05", 1, 900.0, 17.0), _run("ft", 1, 1030.0, 380.0, budget=2000)]
+    rows = [line.split(" | ")[:2] for line in repro.table(runs).splitlines() if line.startswith("| 500")
+            or line.startswith("| 2000")]
+    assert rows == [["| 500", "ft"], ["| 500", "mft tau=0.05"], ["| 500", "mft tau=0.5"],
+                    ["| 500", "kd_ce alpha=0.25"], ["| 500", "ft + l2_init=1"],
+                    ["| 2000", "ft"], ["| 2000", "kd_ce alpha=0.5"]]
 
 
 def test_table_only_runs_nothing_and_writes_the_table(repro, tmp_path, capsys):
