@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -119,11 +120,9 @@ def test_default_launch_configs_do_not_spill_registers(arch, tmp_path):
         assert 2 * registers[0] * 32 * warps <= 65536, f"fewer than 2 programs per SM fit: {report}"
 
 
-def _global_memory_ops(ptx: str) -> dict[str, int]:
-    ops: dict[str, int] = {}
-    for op in re.findall(r"^\s+(?:@%p\d+\s+)?((?:ld|st)\.global\S*)\s", ptx, re.M):
-        ops[op] = ops.get(op, 0) + 1
-    return ops
+def _global_memory_ops(ptx: str) -> Counter:
+    """How many global loads/stores of each width (e.g. ``ld.global.v4.b32``) the PTX holds."""
+    return Counter(re.findall(r"^\s+(?:@%p\d+\s+)?((?:ld|st)\.global\S*)\s", ptx, re.M))
 
 
 def test_logits_move_in_16_byte_vectors_when_aligned():
@@ -134,8 +133,8 @@ def test_logits_move_in_16_byte_vectors_when_aligned():
     stats = _global_memory_ops(_compile_stats(False, 90, aligned=STATS_ALIGNED).asm["ptx"])
     grad = _global_memory_ops(_compile_grad(90, aligned=GRAD_ALIGNED).asm["ptx"])
     per_thread = triton_backend.STATS_BLOCK // (32 * triton_backend.STATS_NUM_WARPS)  # logits per array
-    assert stats.get("ld.global.v4.b32", 0) == 2 * per_thread * 2 // 16, stats  # student and teacher
-    assert stats.get("ld.global.b16", 0) == 2, stats
+    assert stats["ld.global.v4.b32"] == 2 * per_thread * 2 // 16, stats  # student and teacher
+    assert stats["ld.global.b16"] == 2, stats
     per_thread = triton_backend.GRAD_BLOCK // (32 * triton_backend.GRAD_NUM_WARPS)
-    assert grad.get("ld.global.v4.b32", 0) == 2 * per_thread * 2 // 16, grad
-    assert grad.get("st.global.v4.b32", 0) == per_thread * 2 // 16 and "st.global.b16" not in grad, grad
+    assert grad["ld.global.v4.b32"] == 2 * per_thread * 2 // 16, grad
+    assert grad["st.global.v4.b32"] == per_thread * 2 // 16 and "st.global.b16" not in grad, grad
