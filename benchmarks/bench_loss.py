@@ -337,6 +337,13 @@ def measure_copy_bandwidth(case: Case) -> Result:
     return Result(case, time_ms=statistics.median(times), times_ms=times, note=name)
 
 
+def copy_gbps(copy: Result) -> float | None:
+    """GB/s of a `measure_copy_bandwidth` result, counting the bytes read and written; None if it failed."""
+    if copy.status != "ok":
+        return None
+    return 2 * copy.elements * _itemsize(copy.case.dtype) / (copy.time_ms * 1e6)
+
+
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -395,9 +402,7 @@ class Report:
     @property
     def copy_gbps(self) -> float | None:
         """Measured device-to-device copy bandwidth (read + write), GB/s."""
-        if self.copy is None or self.copy.status != "ok":
-            return None
-        return 2 * self.copy.elements * _itemsize(self.copy.case.dtype) / (self.copy.time_ms * 1e6)
+        return None if self.copy is None else copy_gbps(self.copy)
 
     def ok(self, method: str, n: int, v: int) -> Result | None:
         r = self.by_key.get((method, n, v))

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss import copy_case, measure_copy_bandwidth, render_table, time_ms  # noqa: E402
+from bench_loss import copy_case, copy_gbps, measure_copy_bandwidth, render_table, time_ms  # noqa: E402
 
 from nemo_mft.kernels import triton_backend  # noqa: E402
 from nemo_mft.loss import formulas  # noqa: E402
@@ -91,10 +91,7 @@ def main(argv=None) -> None:
     dtype = getattr(torch, args.dtype)
     stats_configs, grad_configs = (SMOKE_CONFIGS, SMOKE_CONFIGS) if args.smoke else (STATS_CONFIGS, GRAD_CONFIGS)
 
-    copy_gbps = None
-    if device == "cuda":
-        copy = measure_copy_bandwidth(copy_case(args.dtype))
-        copy_gbps = 2 * copy.elements * dtype.itemsize / (copy.time_ms * 1e6)
+    bandwidth = copy_gbps(measure_copy_bandwidth(copy_case(args.dtype))) if device == "cuda" else None
     student, teacher, labels, layout, targets, coef = make_pass_inputs(args.tokens, args.vocab, dtype, device)
     backend = triton_backend.TritonBackend()
     ref_stats, ref_argmax = backend.statistics(student, teacher, labels, layout, TEMPERATURE, torch.float32)
@@ -124,11 +121,11 @@ def main(argv=None) -> None:
     for row in rows:
         reads_writes = 2 if row["pass_name"] == "statistics" else 3
         row["gbps"] = reads_writes * dtype.itemsize * elements / (row["ms"] * 1e6)
-        row["copy_fraction"] = None if copy_gbps is None else row["gbps"] / copy_gbps
+        row["copy_fraction"] = None if bandwidth is None else row["gbps"] / bandwidth
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter)"
     print(f"Triton MFT kernels, one pass at a time: N={args.tokens} V={args.vocab} {args.dtype} on {name}; "
           f"torch {torch.__version__}, triton {triton_backend.triton.__version__}; median of {args.repeats}; "
-          f"copy bandwidth {'n/a' if copy_gbps is None else f'{copy_gbps:.0f} GB/s'}.")
+          f"copy bandwidth {'n/a' if bandwidth is None else f'{bandwidth:.0f} GB/s'}.")
     headers = ["pass", "BLOCK", "num_warps", "ms", "GB/s", "% of copy BW", "output", "default"]
     table = [[r["pass_name"], str(r["block"]), str(r["num_warps"]), f"{r['ms']:.3f}", f"{r['gbps']:.0f}",
               "n/a" if r["copy_fraction"] is None else f"{r['copy_fraction']:.0%}", r["status"],
@@ -142,15 +139,15 @@ def main(argv=None) -> None:
             best[pass_name] = min(valid, key=lambda r: r["ms"])
     if len(best) == 2:
         total = best["statistics"]["ms"] + best["gradient"]["ms"]
-        share = "" if copy_gbps is None else \
-            f", {5 * dtype.itemsize * elements / (total * 1e6) / copy_gbps:.0%} of the 10 B/elem roofline"
+        share = "" if bandwidth is None else \
+            f", {5 * dtype.itemsize * elements / (total * 1e6) / bandwidth:.0%} of the 10 B/elem roofline"
         print(f"best: statistics BLOCK={best['statistics']['block']} num_warps={best['statistics']['num_warps']}, "
               f"gradient BLOCK={best['gradient']['block']} num_warps={best['gradient']['num_warps']}: "
               f"{total:.3f} ms for both passes{share}")
     mismatches = [r for r in rows if r["status"] != "ok"]
     if args.json:
         args.json.write_text(json.dumps(dict(device=name, tokens=args.tokens, vocab=args.vocab, dtype=args.dtype,
-                                             copy_gbps=copy_gbps, rows=rows, best=best), indent=1))
+                                             copy_gbps=bandwidth, rows=rows, best=best), indent=1))
     if mismatches:
         sys.exit(f"{len(mismatches)} configuration(s) gave a different result from the default")
 
