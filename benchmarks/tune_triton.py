@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss import copy_case, copy_gbps, measure_copy_bandwidth, render_table, time_ms  # noqa: E402
+from bench_loss import (Case, copy_case, copy_gbps, make_inputs, measure_copy_bandwidth,  # noqa: E402
+                        render_table, time_ms)
 
 from nemo_mft.kernels import triton_backend  # noqa: E402
 from nemo_mft.loss import formulas  # noqa: E402
@@ -37,22 +38,6 @@ STATS_CONFIGS = [(b, w) for b, w in itertools.product((2048, 4096, 8192, 16384),
 GRAD_CONFIGS = [(b, w) for b, w in itertools.product((1024, 2048, 4096, 8192), (4, 8, 16))
                 if 4 <= b // (32 * w) <= 64]
 SMOKE_CONFIGS = [(64, 4), (128, 4)]
-
-
-def make_pass_inputs(n: int, v: int, dtype: torch.dtype, device: str):
-    """Student, teacher, local labels (half the teacher's argmax), layout, targets and coef of one shard."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    teacher = torch.randn(n, v, generator=gen, device=device, dtype=dtype).mul_(2.0)
-    student = torch.randn(n, v, generator=gen, device=device, dtype=dtype).mul_(0.5).add_(teacher)
-    labels = torch.randint(0, v, (n,), generator=gen, device=device)
-    labels[::2] = teacher[::2].argmax(dim=-1)
-    layout = ShardLayout(offset=0, real_width=v)
-    stats, argmax = triton_backend.TritonBackend().statistics(student, teacher, labels, layout, TEMPERATURE,
-                                                              torch.float32)
-    targets = formulas.combine_statistics(stats.unsqueeze(0), argmax.unsqueeze(0), labels, TEMPERATURE, TAU,
-                                          correct_all=True)
-    coef = torch.full((n,), 1.0 / n, device=device)
-    return student, teacher, labels, layout, targets, coef
 
 
 def sweep(pass_name: str, configs, run, check, device: str, warmup: int, repeats: int) -> list[dict]:
@@ -92,14 +77,22 @@ def main(argv=None) -> None:
     stats_configs, grad_configs = (SMOKE_CONFIGS, SMOKE_CONFIGS) if args.smoke else (STATS_CONFIGS, GRAD_CONFIGS)
 
     bandwidth = copy_gbps(measure_copy_bandwidth(copy_case(args.dtype))) if device == "cuda" else None
-    student, teacher, labels, layout, targets, coef = make_pass_inputs(args.tokens, args.vocab, dtype, device)
+    # The loss benchmark's inputs (one shard, TP=1); the passes need no autograd.
+    student, teacher, labels = make_inputs(Case("triton", device, args.tokens, args.vocab, args.dtype, 0, 1))
+    student = student.detach()
+    layout = ShardLayout(offset=0, real_width=args.vocab)
     backend = triton_backend.TritonBackend()
-    ref_stats, ref_argmax = backend.statistics(student, teacher, labels, layout, TEMPERATURE, torch.float32)
-    grad_out = torch.empty_like(student)
-    ref_grad = backend.gradient(student, teacher, labels, layout, targets, coef, TEMPERATURE, dtype).clone()
 
     def run_stats():
         return backend.statistics(student, teacher, labels, layout, TEMPERATURE, torch.float32)
+
+    # The default configuration's outputs: the reference of every other configuration.
+    ref_stats, ref_argmax = run_stats()
+    targets = formulas.combine_statistics(ref_stats.unsqueeze(0), ref_argmax.unsqueeze(0), labels, TEMPERATURE, TAU,
+                                          correct_all=True)
+    coef = torch.full((args.tokens,), 1.0 / args.tokens, device=device)
+    grad_out = torch.empty_like(student)
+    ref_grad = backend.gradient(student, teacher, labels, layout, targets, coef, TEMPERATURE, dtype).clone()
 
     def check_stats(result):
         stats, argmax = result
