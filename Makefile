@@ -9,14 +9,19 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# $(call make_venv,DIR,REQUIREMENT FILES): create or refresh the virtualenv DIR with torch (CPU) first and
+# alone (an unpinned resolution would pull a multi-GB CUDA build), then the files, then this package.
+define make_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet -r requirements/torch-cpu.txt
+	$(1)/bin/python -m pip install --quiet $(addprefix -r ,$(2))
+	$(1)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(1)/.installed
+endef
+
 $(STAMP): setup.py requirements/torch-cpu.txt requirements/cpu.txt requirements/test.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and alone: an unpinned resolution would pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet -r requirements/torch-cpu.txt
-	$(PY) -m pip install --quiet -r requirements/cpu.txt -r requirements/test.txt
-	$(PY) -m pip install --quiet --no-deps -e .
-	touch $(STAMP)
+	$(call make_venv,$(VENV),requirements/cpu.txt requirements/test.txt)
 
 # The kernels again under Triton 3.6, the version GPU images ship (requirements/triton-compat.txt).
 COMPAT_VENV  := .venv-triton36
@@ -24,12 +29,7 @@ COMPAT_PY    := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
 
 $(COMPAT_STAMP): setup.py requirements/torch-cpu.txt requirements/triton-compat.txt
-	test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
-	$(COMPAT_PY) -m pip install --quiet --upgrade pip
-	$(COMPAT_PY) -m pip install --quiet -r requirements/torch-cpu.txt
-	$(COMPAT_PY) -m pip install --quiet -r requirements/triton-compat.txt
-	$(COMPAT_PY) -m pip install --quiet --no-deps -e .
-	touch $(COMPAT_STAMP)
+	$(call make_venv,$(COMPAT_VENV),requirements/triton-compat.txt)
 
 test: $(STAMP) $(COMPAT_STAMP)
 	$(PY) -m pytest -q tests
