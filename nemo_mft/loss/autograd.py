@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_mft.loss import formulas
-from nemo_mft.loss.backends import Backend, ShardLayout
+from nemo_mft.loss.backends import Backend, ShardLayout, row_blocks
 from nemo_mft.loss.exchange import gather_statistics
 from nemo_mft.loss.options import MFTOptions
 from nemo_mft.loss.validation import check_finite_tokens
@@ -32,27 +32,38 @@ class LossCall:
     token_shape: torch.Size  # labels' shape, for error positions
 
 
-def _writable_in_place(student: torch.Tensor, teacher: torch.Tensor, grad_dtype: torch.dtype) -> bool:
-    """Whether the gradient can overwrite the student buffer: same dtype, unit column stride, rows
-    that do not overlap, and no storage shared with the teacher (which pass 2 still reads)."""
+def _writable_in_place(student: torch.Tensor, teacher: torch.Tensor) -> bool:
+    """Whether the gradient can overwrite the student buffer: unit column stride, rows that do not
+    overlap, and no storage shared with the teacher (which pass 2 still reads)."""
     n, width = student.shape
     return (
-        student.dtype == grad_dtype
-        and (student.stride(1) == 1 or width == 1)
+        (student.stride(1) == 1 or width == 1)
         and (n <= 1 or student.stride(0) >= width)
         and student.untyped_storage().data_ptr() != teacher.untyped_storage().data_ptr()
     )
+
+
+def _scale_rows_in_place(grad: torch.Tensor, scale: torch.Tensor) -> None:
+    """grad [N, V_local] *= scale [N, 1] (fp32), computed in fp32 and rounded once to grad's dtype.
+
+    By blocks of rows: for a mixed-dtype product CPU kernels convert the operands to fp32 first, so one
+    call over a 16-bit gradient would allocate two fp32 copies of it (CUDA kernels cast per element).
+    """
+    for rows in row_blocks(grad.shape[0], grad.shape[1], grad.device):
+        grad[rows].mul_(scale[rows])
 
 
 class MFTLossFunction(torch.autograd.Function):
     """(student [N, V_local], teacher [N, V_local], labels [N], weights [N]) -> (loss, summary [4]).
 
     ``weights`` are w in the compute dtype with 0 on ignored tokens. The loss is a scalar for
-    reductions "mean"/"sum" and [N] w * l for "none". Backward costs nothing when the incoming
-    gradient is the scalar 1; otherwise it is one scaling pass over the stored gradient, in place (no
-    second logits-sized buffer; the factor is applied in fp32, but for 16-bit logits the product is
-    rounded a second time: the gradient is stored in the logits' dtype). Because of that in-place
-    scaling, a second backward through the same call (retain_graph) raises instead of reusing it.
+    reductions "mean"/"sum" and [N] w * l for "none". The gradient is stored in the logits' dtype
+    for every reduction (as Megatron's vocab-parallel cross-entropy does). Backward costs nothing when
+    the incoming gradient is 1 (the scalar 1, or all ones for "none", e.g. from ``loss.sum()``);
+    otherwise it is one scaling pass over the stored gradient, in place (no second logits-sized
+    buffer; the factor, per token for "none", is applied in fp32, but for 16-bit logits the product is
+    rounded a second time). Because of that in-place scaling, a second backward through the same call
+    (retain_graph) raises instead of reusing it.
 
     With ``options.inplace_grad`` the gradient is written into the student buffer in forward (when
     `_writable_in_place` allows; otherwise into a new buffer) and that buffer is returned as the grad.
@@ -94,15 +105,12 @@ class MFTLossFunction(torch.autograd.Function):
             loss = token_loss.sum() / normalizer
 
         ctx.reduction = opts.reduction
-        ctx.grad_dtype = student.dtype
         ctx.scaled_in_place = False  # set by a backward that scales the stored gradient
         if ctx.needs_input_grad[0]:
             coef = weights if normalizer is None else weights / normalizer
-            # Per-token scaling in backward ("none") happens in fp32 before the one rounding.
-            grad_dtype = compute_dtype if opts.reduction == "none" else student.dtype
-            out = student.detach() if opts.inplace_grad and _writable_in_place(student, teacher, grad_dtype) else None
+            out = student.detach() if opts.inplace_grad and _writable_in_place(student, teacher) else None
             grad = call.backend.gradient(
-                student, teacher, local_labels, layout, targets, coef, opts.temperature, grad_dtype, out=out
+                student, teacher, local_labels, layout, targets, coef, opts.temperature, student.dtype, out=out
             )
             if out is not None:
                 # Kernels write through raw pointers: bump the logits' version so that any other
@@ -121,7 +129,9 @@ class MFTLossFunction(torch.autograd.Function):
             )
         (grad,) = ctx.saved_tensors
         if ctx.reduction == "none":
-            grad = (grad * grad_loss.unsqueeze(-1).to(grad.dtype)).to(ctx.grad_dtype)
+            if not bool((grad_loss == 1).all()):  # one host sync
+                _scale_rows_in_place(grad, grad_loss.unsqueeze(-1))
+                ctx.scaled_in_place = True
         else:
             scale = float(grad_loss)  # one host sync; a Python float keeps the product in fp32 opmath
             if scale != 1.0:

@@ -52,7 +52,8 @@ class Backend(Protocol):
         """
 
 
-def _row_blocks(num_rows: int, width: int, device: torch.device):
+def row_blocks(num_rows: int, width: int, device: torch.device):
+    """Slices of rows whose [rows, width] blocks hold about the device's block size of elements."""
     rows = max(1, _BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS["cuda"]) // max(width, 1))
     for start in range(0, num_rows, rows):
         yield slice(start, min(start + rows, num_rows))
@@ -67,7 +68,7 @@ class TorchBackend:
         argmax = torch.empty(n, dtype=torch.int64, device=student.device)
         cols = slice(0, layout.real_width)
         scratch = formulas.Scratch()
-        for rows in _row_blocks(n, layout.real_width, student.device):
+        for rows in row_blocks(n, layout.real_width, student.device):
             stats[rows], argmax[rows] = formulas.shard_statistics(
                 student[rows, cols], teacher[rows, cols], local_labels[rows], temperature, compute_dtype, scratch
             )
@@ -81,7 +82,7 @@ class TorchBackend:
         grad[:, layout.real_width:] = 0
         cols = slice(0, layout.real_width)
         scratch = formulas.Scratch()
-        for rows in _row_blocks(n, layout.real_width, student.device):
+        for rows in row_blocks(n, layout.real_width, student.device):
             formulas.student_gradient(
                 student[rows, cols], teacher[rows, cols], local_labels[rows], targets.rows(rows), coef[rows],
                 temperature, grad[rows, cols], scratch,

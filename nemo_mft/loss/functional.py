@@ -137,9 +137,8 @@ def mft_loss(
             (with no extra pass when the incoming gradient is the usual scalar 1). The logits' values
             are destroyed: use only when nothing reads them after the loss. Their autograd version is
             bumped, so an op that saved them for its backward raises instead of computing garbage.
-            Falls back to a new buffer (same result) when the gradient's dtype differs from the
-            logits' (reduction "none" with 16-bit logits keeps an fp32 gradient), when their last
-            dimension is strided, or when they share storage with the teacher logits.
+            Falls back to a new buffer (same result) when their last dimension is strided or when
+            they share storage with the teacher logits.
 
     Returns:
         loss (fp32, fp64 for fp64 inputs), or (loss, MFTStats). No valid token gives 0 and a zero gradient.

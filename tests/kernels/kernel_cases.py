@@ -340,15 +340,19 @@ def test_inplace_gradient_detects_saved_logits():
     mft_loss(torch.tanh(x), teacher, labels, tau=0.25, impl="triton").backward()  # out of place: fine
 
 
-def test_inplace_falls_back_when_it_cannot_write_in_place():
-    """reduction 'none' with bf16 logits keeps an fp32 gradient; a teacher sharing the student's
-    storage is still read by pass 2. Both fall back to a new buffer and leave the logits as they were."""
+def test_inplace_per_token_loss_and_fallback():
+    """reduction 'none' with bf16 logits writes in place too (per-token incoming gradients are applied in
+    backward, in fp32). A teacher sharing the student's storage is still read by pass 2: that falls back
+    to a new buffer and leaves the logits as they were."""
     student, teacher, labels, _ = make_inputs(5, 130, torch.bfloat16, seed=14, ignore_frac=0.0)
-    logits = student.clone().requires_grad_()
-    mft_loss(logits, teacher, labels, tau=0.25, impl="triton", reduction="none", inplace_grad=True).sum().backward()
-    assert torch.equal(logits.detach(), student)
     _, expected = run_loss(student, teacher, labels, "triton", tau=0.25, reduction="none")
-    assert torch.equal(logits.grad, expected)
+    leaf = student.clone().requires_grad_()
+    loss = mft_loss(leaf, teacher, labels, tau=0.25, impl="triton", reduction="none", inplace_grad=True)
+    assert torch.equal(leaf.detach(), expected)
+    per_token = torch.linspace(0.5, 2.0, 5, device=DEVICE)
+    loss.backward(per_token)
+    assert leaf.grad.data_ptr() == leaf.data_ptr()
+    assert torch.equal(leaf.grad, (expected.float() * per_token[:, None]).to(torch.bfloat16))
 
     both = torch.cat([student, teacher], dim=-1).requires_grad_()
     before = both.detach().clone()

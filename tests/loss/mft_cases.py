@@ -57,8 +57,10 @@ def assert_loss_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch
                                atol=tol["loss_atol"], msg=lambda m: f"loss mismatch {msg}\n{m}")
 
 
-def assert_grad_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, msg: str = "") -> None:
-    tol = TOL[dtype]
+def assert_grad_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, msg: str = "",
+                      roundings: int = 1) -> None:
+    """``roundings``: 2 when the gradient was rounded to ``dtype`` and then scaled by an incoming gradient."""
+    tol = {key: value * roundings for key, value in TOL[dtype].items()}
     assert actual is not None, f"no gradient {msg}"
     assert actual.dtype == dtype, f"gradient dtype {actual.dtype}, expected {dtype} {msg}"
     assert torch.isfinite(actual).all(), f"non-finite gradient {msg}"
