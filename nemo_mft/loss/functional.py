@@ -134,9 +134,10 @@ def mft_loss(
         return_stats: also return an `MFTStats` (teacher accuracy, mean m, student CE over valid tokens).
         inplace_grad: when the student logits need a gradient, write it into their buffer during this
             call instead of allocating a new [..., V_local] one; backward then hands that buffer on
-            (with no extra pass when the incoming gradient is the usual scalar 1). The logits' values
-            are destroyed: use only when nothing reads them after the loss. Their autograd version is
-            bumped, so an op that saved them for its backward raises instead of computing garbage.
+            (with no extra pass when the incoming gradient is 1: the scalar 1, or all ones for
+            "none"). The logits' values are destroyed: use only when nothing reads them after the
+            loss. Their autograd version is bumped, so an op that saved them for its backward raises
+            instead of computing garbage.
             Falls back to a new buffer (same result) when their last dimension is strided or when
             they share storage with the teacher logits.
 
