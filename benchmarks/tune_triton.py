@@ -30,7 +30,7 @@ from bench_loss import (Case, copy_case, copy_gbps, make_inputs, measure_copy_ba
 
 from nemo_mft.kernels import triton_backend  # noqa: E402
 from nemo_mft.loss import formulas  # noqa: E402
-from nemo_mft.loss.backends import ShardLayout  # noqa: E402
+from nemo_mft.loss.backends import ShardLayout, TorchBackend  # noqa: E402
 
 TAU, TEMPERATURE = 0.25, 1.0
 STATS_CONFIGS = [(b, w) for b, w in itertools.product((2048, 4096, 8192, 16384), (4, 8, 16, 32))
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     student, teacher, labels = make_inputs(Case("triton", device, args.tokens, args.vocab, args.dtype, 0, 1))
     student = student.detach()
     layout = ShardLayout(offset=0, real_width=args.vocab)
-    backend = triton_backend.TritonBackend()
+    backend = triton_backend.TritonBackend(fallback=TorchBackend())
 
     def run_stats():
         return backend.statistics(student, teacher, labels, layout, TEMPERATURE, torch.float32)

@@ -1,7 +1,8 @@
 """`TritonBackend`: the two vocab-sized passes of the MFT loss as fused Triton kernels.
 
-Implements the `nemo_mft.loss.backends.Backend` protocol (same statistics, same gradient as
-`TorchBackend`, so both share the exchange, the combine and every error). Bytes moved per logit
+Implements the `nemo_mft.loss.backends.Backend` protocol (same statistics, same gradient as the loss's
+`TorchBackend`, so both share the exchange, the combine and every error). `nemo_mft/__init__.py`
+registers it as ``impl="triton"``; this module imports from `nemo_mft.loss` only its formulas. Bytes moved per logit
 element with 16-bit logits: pass 1 reads student and teacher (4), pass 2 reads them again and writes
 the gradient (6), 10 in all; extra memory is O(N) (statistics and per-token targets), plus the
 [N, V_local] gradient unless it is written into the student buffer (``out=student``). When V_local and
@@ -11,7 +12,8 @@ one element per instruction.
 
 Runs on CUDA tensors, or on CPU tensors when the kernels were defined under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before this module is first imported; tests only). fp64 inputs go through
-the PyTorch backend (fp64 is a reference dtype, not a training one).
+the ``fallback`` backend given at construction, the PyTorch one (fp64 is a reference dtype, not a
+training one).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import triton
 
 from nemo_mft.kernels import mft_kernels
 from nemo_mft.loss import formulas
-from nemo_mft.loss.backends import TorchBackend
 
 _COLUMNS = ("T_MAX", "T_SUMEXP", "T_DIFF", "S_MAX", "S_SUMEXP", "S1_MAX", "S1_SUMEXP", "T_LABEL", "S_LABEL",
             "NUM_STATS")
@@ -72,12 +73,18 @@ def _row_norms(targets: formulas.TokenTargets) -> torch.Tensor:
 
 
 class TritonBackend:
-    """Fused two-pass backend (see the module docstring and `nemo_mft.kernels.mft_kernels`)."""
+    """Fused two-pass backend (see the module docstring and `nemo_mft.kernels.mft_kernels`).
+
+    ``fallback``: the backend that serves fp64 inputs (`nemo_mft.loss.backends.TorchBackend`).
+    """
+
+    def __init__(self, fallback) -> None:
+        self.fallback = fallback
 
     def statistics(self, student, teacher, local_labels, layout, temperature, compute_dtype):
         _check_device(student)
         if compute_dtype == torch.float64:
-            return TorchBackend().statistics(student, teacher, local_labels, layout, temperature, compute_dtype)
+            return self.fallback.statistics(student, teacher, local_labels, layout, temperature, compute_dtype)
         n = student.shape[0]
         stats = torch.empty(n, formulas.NUM_STATS, dtype=torch.float32, device=student.device)
         argmax = torch.empty(n, dtype=torch.int64, device=student.device)
@@ -99,7 +106,7 @@ class TritonBackend:
         """Pass 2 into ``out`` (e.g. the student logits themselves: in place) or a new tensor."""
         _check_device(student)
         if targets.mix.dtype == torch.float64:
-            return TorchBackend().gradient(
+            return self.fallback.gradient(
                 student, teacher, local_labels, layout, targets, coef, temperature, grad_dtype, out=out
             )
         n, width = student.shape

@@ -8,7 +8,7 @@ shared, so both backends have the same semantics and the same errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -90,14 +90,30 @@ class TorchBackend:
         return grad
 
 
+# Backends other than the PyTorch one, by ``impl`` name: zero-argument factories, registered by the
+# package that implements them (`nemo_mft/__init__.py` wires the Triton kernels in), so that this layer
+# never imports a layer above it. A factory raises ImportError when its backend cannot be loaded.
+_FACTORIES: dict[str, Callable[[], Backend]] = {}
+
+
+def register_backend(impl: str, factory: Callable[[], Backend]) -> None:
+    """Make ``mft_loss(..., impl=impl)`` use ``factory()`` (a backend for CUDA tensors)."""
+    if impl in ("auto", "torch"):
+        raise ValueError(f"impl {impl!r} is reserved")
+    _FACTORIES[impl] = factory
+
+
 def select_backend(impl: str, device: torch.device) -> Backend:
-    """The backend for ``impl`` ("auto" = Triton for CUDA tensors when it is importable)."""
+    """The backend for ``impl`` ("auto" = the registered Triton backend for CUDA tensors when it loads)."""
     if impl == "torch" or (impl == "auto" and device.type != "cuda"):
         return TorchBackend()
+    name = "triton" if impl == "auto" else impl
+    factory = _FACTORIES.get(name)
     try:
-        from nemo_mft.kernels.triton_backend import TritonBackend
+        if factory is None:
+            raise ImportError(f"no backend is registered for impl={name!r}")
+        return factory()
     except ImportError as err:
         if impl == "auto":
             return TorchBackend()
-        raise ValueError(f"impl='triton' needs the Triton kernels, which could not be imported: {err}") from err
-    return TritonBackend()
+        raise ValueError(f"impl={impl!r} needs the Triton kernels, which could not be imported: {err}") from err
