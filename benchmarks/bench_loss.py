@@ -71,7 +71,7 @@ DEFAULTS = {
 QUICK = {"cpu": dict(tokens=[256], vocab=[4096], warmup=1, repeats=3),
          "cuda": dict(tokens=[2048], vocab=[32000], warmup=2, repeats=5)}
 
-# Targets (see the design notes, section 4).
+# Targets (docs/method.md, section 3).
 CPU_MAX_BYTES_PER_ELEMENT = 5.0
 CPU_MAX_TIME_RATIO = 0.5
 CUDA_MIN_ROOFLINE_FRACTION = 0.85

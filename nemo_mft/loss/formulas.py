@@ -1,6 +1,6 @@
 """The MFT math per token, as small tensor functions (no loops over chunks, no communication).
 
-Notation (notes section 1): teacher logits t, student logits s, temperature T, label y, margin tau.
+Notation (docs/method.md, section 1): teacher logits t, student logits s, temperature T, label y, margin tau.
 p = softmax(t/T), a = argmax p, q = (1 - m) p + m e_y, loss = T^2 KL(q || softmax(s/T)).
 
 The vocabulary may be split over tensor-parallel ranks. Each rank reduces its own columns to a few
@@ -197,7 +197,7 @@ def mixing_weight(
     p_argmax: torch.Tensor, p_label: torch.Tensor, teacher_correct: torch.Tensor, tau: float, correct_all: bool,
     distill_only: bool = False,
 ) -> torch.Tensor:
-    """m per token (notes section 1): wrong rows reach q_y - q_a = tau; right rows reach q_y = c.
+    """m per token (docs/method.md, section 1): wrong rows reach q_y - q_a = tau; right rows reach q_y = c.
 
     ``distill_only``: m = 0 everywhere (q = p, plain distillation).
     """

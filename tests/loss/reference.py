@@ -1,4 +1,4 @@
-"""Independent float64 reference for the MFT loss, written from docs/design notes sections 1-3.
+"""Independent float64 reference for the MFT loss, written from docs/method.md, sections 1-2.
 
 Nothing here is shared with ``nemo_mft.loss`` (or ModelOpt): it is a dense, row-by-row transcription of
 the formulas, meant to be obviously right rather than fast.

@@ -238,7 +238,7 @@ def test_exact_teacher_ties(dtype, tau):
                                rtol=1e-6, atol=1e-7)
 
 
-# Worked examples from the design notes, section 1 (p given as probabilities -> logits = log p).
+# Worked examples of docs/method.md, section 1 (p given as probabilities -> logits = log p).
 WORKED_P = [[0.6, 0.3, 0.1], [0.7, 0.2, 0.1], [0.85, 0.1, 0.05]]
 WORKED_Y = [1, 0, 0]
 WORKED_Q = [[4.8 / 13, 7.4 / 13, 0.8 / 13], [0.9, 0.2 / 3, 0.1 / 3], [1.0, 0.0, 0.0]]
@@ -262,7 +262,7 @@ def test_corrected_target_worked_examples(dtype):
 
 
 def test_worked_example_loss_and_gradient():
-    """Loss on the worked examples equals KL(q || softmax(s)) with q from the notes; grad = (softmax(s) - q)/3."""
+    """Loss on the worked examples equals KL(q || softmax(s)) with q from docs/method.md; grad = (softmax(s) - q)/3."""
     teacher = torch.tensor(WORKED_P, dtype=F64).log()
     student = torch.tensor([[0.2, 0.1, -0.3], [1.0, 0.0, 0.5], [0.0, 0.0, 0.0]], dtype=F64)
     qn = torch.tensor(WORKED_Q, dtype=F64)

@@ -8,7 +8,7 @@ import torch
 from mft_cases import (F64, ROW_KINDS, TAUS, TEMPS, corrected_target_rows, ignore_some, make_inputs, make_mask,
                        reference_autograd, reference_mft)
 
-# Worked examples from the design notes, section 1: (p, y, tau, expected q).
+# Worked examples of docs/method.md, section 1: (p, y, tau, expected q).
 WORKED = [
     ([0.6, 0.3, 0.1], 1, 0.2, [4.8 / 13, 7.4 / 13, 0.8 / 13]),  # teacher wrong, m = 5/13
     ([0.7, 0.2, 0.1], 0, 0.2, [0.9, 0.2 / 3, 0.1 / 3]),  # teacher right, c = 0.9, m = 2/3
