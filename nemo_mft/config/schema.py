@@ -13,10 +13,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-# mft: the paper's corrected distillation; ft: plain cross-entropy; kd: distillation without correction
-# (q = p); mft_incorrect_only: correct only the rows the teacher gets wrong; kd_ce: the constant-mix
-# baseline (1 - alpha) KD + alpha CE (mft.kd_ce_alpha).
-METHODS = ("mft", "ft", "kd", "mft_incorrect_only", "kd_ce")
+from nemo_mft.methods import Objective
 
 
 def _require(condition: bool, message: str) -> None:
@@ -217,7 +214,9 @@ class EvaluationSection:
 
 @dataclass
 class MFTSection:
-    method: str = "mft"  # one of METHODS
+    """The training objective (`nemo_mft.methods.Objective`, validated there) and the L2-to-init baseline."""
+
+    method: str = "mft"  # one of nemo_mft.methods.METHODS
     tau: float = 0.25
     temperature: float = 1.0
     impl: str = "auto"
@@ -230,21 +229,23 @@ class MFTSection:
     l2_init_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(self.method in METHODS, f"mft.method must be one of {METHODS}, got {self.method!r}")
-        _require(0.0 <= self.tau <= 1.0, f"mft.tau must be in [0, 1], got {self.tau!r}")
-        _require(0.0 <= self.kd_ce_alpha <= 1.0, f"mft.kd_ce_alpha must be in [0, 1], got {self.kd_ce_alpha!r}")
+        try:
+            self.objective
+        except ValueError as err:
+            raise ValueError(f"mft.{err}") from None
         _require(self.l2_init_weight >= 0.0, f"mft.l2_init_weight must be >= 0, got {self.l2_init_weight!r}")
-        _require(self.temperature > 0, f"mft.temperature must be > 0, got {self.temperature!r}")
-        _require(self.impl in ("auto", "torch", "triton"), f"mft.impl must be auto, torch or triton, got {self.impl!r}")
-        _require(isinstance(self.inplace_grad, bool), f"mft.inplace_grad must be true or false, got {self.inplace_grad!r}")
+
+    @property
+    def objective(self) -> Objective:
+        """The objective these values describe (what `nemo_mft.megatron` takes)."""
+        return Objective(method=self.method, tau=self.tau, temperature=self.temperature, kd_ce_alpha=self.kd_ce_alpha,
+                         impl=self.impl, inplace_grad=self.inplace_grad)
 
     @property
     def label(self) -> str:
         """Short description of the training objective, e.g. ``mft tau=0.25`` or ``ft + l2_init=0.1``."""
-        extra = {"mft": f" tau={self.tau:g}", "mft_incorrect_only": f" tau={self.tau:g}",
-                 "kd_ce": f" alpha={self.kd_ce_alpha:g}"}.get(self.method, "")
         l2 = f" + l2_init={self.l2_init_weight:g}" if self.l2_init_weight > 0 else ""
-        return f"{self.method}{extra}{l2}"
+        return f"{self.objective.label}{l2}"
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Only Llama-class models convert: RMSNorm, SwiGLU, rotary embeddings, no linear biases. The input is the
 full (unsharded, TP=1/PP=1) state dict of a megatron-core ``GPTModel`` with either the local layer spec
-(``input_layernorm.weight``) or TransformerEngine's (norm fused into ``linear_qkv.layer_norm_weight``).
+(``input_layernorm.weight``) or TransformerEngine's (norm fused into ``linear_qkv.layer_norm_weight``),
+described by the model's ``TransformerConfig`` and `nemo_mft.megatron.GPTOptions`.
 
 Name and layout mapping, per layer i (h = hidden size, d = head dim, nq heads, ng query groups):
 
@@ -26,8 +27,10 @@ import shutil
 from typing import Mapping, Optional
 
 import torch
+import torch.nn.functional as F
+from megatron.core.transformer import TransformerConfig
 
-from nemo_mft.config.schema import ModelSection
+from nemo_mft.megatron.model import GPTOptions
 
 __all__ = ["check_llama_compatible", "llama_config", "convert_to_hf_llama", "save_hf_llama"]
 
@@ -36,31 +39,30 @@ _SHARD_BYTES = 5 * 1024**3  # HF's default max shard size
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
-def check_llama_compatible(model: ModelSection) -> None:
+def check_llama_compatible(config: TransformerConfig, gpt: GPTOptions) -> None:
     """ValueError naming every setting that a HF Llama cannot represent."""
     problems = []
-    if model.normalization != "RMSNorm":
-        problems.append(f"model.normalization={model.normalization} (Llama uses RMSNorm)")
-    if model.activation != "swiglu":
-        problems.append(f"model.activation={model.activation} (Llama uses swiglu)")
-    if model.add_bias_linear:
-        problems.append("model.add_bias_linear=true (Llama has no linear biases)")
-    if model.position_embedding_type != "rope":
-        problems.append(f"model.position_embedding_type={model.position_embedding_type} (Llama uses rope)")
+    if config.normalization != "RMSNorm":
+        problems.append(f"normalization={config.normalization} (Llama uses RMSNorm)")
+    if not (config.gated_linear_unit and config.activation_func is F.silu):
+        problems.append("an activation other than swiglu (Llama uses swiglu)")
+    if config.add_bias_linear:
+        problems.append("add_bias_linear=true (Llama has no linear biases)")
+    if gpt.position_embedding_type != "rope":
+        problems.append(f"position_embedding_type={gpt.position_embedding_type} (Llama uses rope)")
     if problems:
         raise ValueError("this model cannot be exported as a Hugging Face Llama: " + "; ".join(problems))
 
 
-def _head_layout(model: ModelSection) -> tuple[int, int, int]:
+def _head_layout(config: TransformerConfig) -> tuple[int, int, int]:
     """(query heads, query groups, head dim)."""
-    heads = model.num_attention_heads
-    groups = model.num_query_groups or heads
-    head_dim = model.kv_channels or model.hidden_size // heads
-    return heads, groups, head_dim
+    heads = config.num_attention_heads
+    return heads, config.num_query_groups or heads, config.kv_channels
 
 
 def llama_config(
-    model: ModelSection,
+    config: TransformerConfig,
+    gpt: GPTOptions,
     *,
     vocab_size: int,
     max_position_embeddings: int,
@@ -70,26 +72,26 @@ def llama_config(
     rms_norm_eps: float = 1e-5,
 ) -> dict:
     """The ``config.json`` of the exported model (``LlamaForCausalLM``)."""
-    check_llama_compatible(model)
-    heads, groups, head_dim = _head_layout(model)
+    check_llama_compatible(config, gpt)
+    heads, groups, head_dim = _head_layout(config)
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": vocab_size,
-        "hidden_size": model.hidden_size,
-        "intermediate_size": model.ffn_hidden_size or 4 * model.hidden_size,
-        "num_hidden_layers": model.num_layers,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.ffn_hidden_size,
+        "num_hidden_layers": config.num_layers,
         "num_attention_heads": heads,
         "num_key_value_heads": groups,
         "head_dim": head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": max_position_embeddings,
         "rms_norm_eps": rms_norm_eps,
-        "rope_theta": float(model.rotary_base),
+        "rope_theta": float(gpt.rotary_base),
         "rope_scaling": None,
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": model.share_embeddings_and_output_weights,
+        "tie_word_embeddings": gpt.share_embeddings_and_output_weights,
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
         "torch_dtype": dtype,
@@ -104,26 +106,26 @@ def _take(state: Mapping[str, torch.Tensor], *names: str) -> torch.Tensor:
 
 
 def convert_to_hf_llama(
-    state: Mapping[str, torch.Tensor], model: ModelSection, *, vocab_size: int
+    state: Mapping[str, torch.Tensor], config: TransformerConfig, gpt: GPTOptions, *, vocab_size: int
 ) -> dict[str, torch.Tensor]:
     """HF Llama tensors (names of ``LlamaForCausalLM.state_dict()``) from a megatron GPT state dict.
 
     Args:
         state: full megatron-core GPTModel state dict (TP=1, PP=1); ``_extra_state`` entries are ignored.
-        model: the model section it was built from.
+        config, gpt: the model's TransformerConfig and GPTModel arguments.
         vocab_size: the tokenizer's true vocabulary size; rows beyond it (megatron's padding) are dropped.
     """
-    check_llama_compatible(model)
-    heads, groups, head_dim = _head_layout(model)
+    check_llama_compatible(config, gpt)
+    heads, groups, head_dim = _head_layout(config)
     heads_per_group = heads // groups
-    hidden = model.hidden_size
+    hidden = config.hidden_size
     out: dict[str, torch.Tensor] = {}
 
     embedding = _take(state, "embedding.word_embeddings.weight")
     if embedding.shape[0] < vocab_size:
         raise ValueError(f"vocab_size {vocab_size} exceeds the model's {embedding.shape[0]} embedding rows")
     out["model.embed_tokens.weight"] = embedding[:vocab_size]
-    for i in range(model.num_layers):
+    for i in range(config.num_layers):
         src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
         out[dst + "input_layernorm.weight"] = _take(
             state, src + "input_layernorm.weight", src + "self_attention.linear_qkv.layer_norm_weight")
@@ -144,7 +146,7 @@ def convert_to_hf_llama(
         out[dst + "mlp.up_proj.weight"] = up
         out[dst + "mlp.down_proj.weight"] = _take(state, src + "mlp.linear_fc2.weight")
     out["model.norm.weight"] = _take(state, "decoder.final_layernorm.weight")
-    if not model.share_embeddings_and_output_weights:
+    if not gpt.share_embeddings_and_output_weights:
         out["lm_head.weight"] = _take(state, "output_layer.weight")[:vocab_size]
     return out
 
@@ -164,7 +166,8 @@ def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
 def save_hf_llama(
     out_dir: str,
     state: Mapping[str, torch.Tensor],
-    model: ModelSection,
+    config: TransformerConfig,
+    gpt: GPTOptions,
     *,
     vocab_size: int,
     max_position_embeddings: int,
@@ -183,14 +186,14 @@ def save_hf_llama(
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"export directory {out_dir} is not empty; choose a new directory")
-    config = llama_config(model, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
-                          dtype=dtype, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    hf_config = llama_config(config, gpt, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+                             dtype=dtype, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
     tensors = {name: t.detach().to("cpu", _DTYPES[dtype]).contiguous()
-               for name, t in convert_to_hf_llama(state, model, vocab_size=vocab_size).items()}
+               for name, t in convert_to_hf_llama(state, config, gpt, vocab_size=vocab_size).items()}
     os.makedirs(out_dir, exist_ok=True)
     written = [os.path.join(out_dir, "config.json")]
     with open(written[0], "w") as handle:
-        json.dump(config, handle, indent=2)
+        json.dump(hf_config, handle, indent=2)
     shards = _shards(tensors)
     if len(shards) == 1:
         names = ["model.safetensors"]

@@ -1,5 +1,5 @@
 """Command line: ``nemo-mft finetune`` / ``python -m nemo_mft.finetune``, a Hydra application, and
-``nemo-mft export`` (`nemo_mft.export.from_checkpoint`).
+``nemo-mft export`` (`nemo_mft.finetune.export_command`).
 
     nemo-mft finetune --config-name mft_tiny dataset.dataset_root=/data mft.tau=0.1 ++train.train_iters=50
     torchrun --nproc_per_node=8 -m nemo_mft.finetune --config-name mft_llama3_8b dataset.dataset_root=/data
@@ -95,6 +95,7 @@ def _task(cfg) -> None:
     from omegaconf import OmegaConf
 
     from nemo_mft.config import validate_config
+    from nemo_mft.megatron import megatron_on_cpu
     from nemo_mft.training.loop import SetupError, run_finetune
 
     try:
@@ -102,7 +103,8 @@ def _task(cfg) -> None:
     except ValueError as err:
         _error(str(err))
     try:
-        run_finetune(config, resolved_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+        with megatron_on_cpu():
+            run_finetune(config, resolved_yaml=OmegaConf.to_yaml(cfg, resolve=True))
     except SetupError as err:
         _error(str(err))
 
@@ -165,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if command == "finetune":
         finetune_main(rest)
     elif command == "export":
-        from nemo_mft.export.from_checkpoint import export_main
+        from nemo_mft.finetune.export_command import export_main
 
         quiet_import_warnings()
         sys.exit(export_main(rest))

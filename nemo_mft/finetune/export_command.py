@@ -6,7 +6,9 @@ The run's resolved ``config.yaml`` (written by ``nemo-mft finetune``) gives the 
 checkpoint (a ``checkpoint.save`` directory, whose latest iteration is taken, or one ``iter_*`` directory)
 may have been saved under any TP/PP layout: megatron-core's dist_checkpointing reassembles it into a
 single-process (TP=1, PP=1) model, whose weights are converted by `nemo_mft.export.hf_llama`. The whole
-model is held in CPU memory once (2 bytes per parameter in bf16).
+model is held in CPU memory once (2 bytes per parameter in bf16). This module is the command: it reads the
+recipe and the checkpoint (`nemo_mft.config`, `nemo_mft.training`); the conversion itself takes plain
+megatron-core objects.
 """
 
 from __future__ import annotations
@@ -43,27 +45,31 @@ def export_checkpoint(
 ) -> list[str]:
     """Load ``checkpoint`` into a TP=1/PP=1 student built from ``config`` and write it as HF Llama.
 
-    Runs in the calling process (it initializes a one-process torch.distributed group if none exists).
-    Returns the written file paths.
+    Runs in the calling process (it initializes a one-process torch.distributed group if none exists);
+    without CUDA, inside `nemo_mft.megatron.megatron_on_cpu` (`export_main` enters it). Returns the
+    written file paths.
     """
+    from nemo_mft.config import builders
     from nemo_mft.data import build_tokenizer
     from nemo_mft.export.hf_llama import check_llama_compatible, save_hf_llama
     from nemo_mft.megatron import build_model, init_distributed, initialize_parallel, unwrap
     from nemo_mft.training.checkpointing import load_pretrained_weights
 
-    check_llama_compatible(config.model)  # fail before any model is built
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f"export directory {out_dir} is not empty; choose a new directory")
     tokenizer = build_tokenizer(config.tokenizer.type, config.tokenizer.path)
     single = dataclasses.replace(config.model, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
                                  sequence_parallel=False)
+    model_config = builders.transformer_config(single)
+    gpt = builders.gpt_options(single, vocab_size=tokenizer.vocab_size, seq_length=config.dataset.seq_length)
+    check_llama_compatible(model_config, gpt)  # fail before any model is built
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"export directory {out_dir} is not empty; choose a new directory")
     init_distributed()
-    initialize_parallel(1, 1, seed=config.train.seed)
-    chunks = build_model(single, vocab_size=tokenizer.vocab_size, seq_length=config.dataset.seq_length, method="ft")
+    layout = initialize_parallel(1, 1, seed=config.train.seed)
+    chunks = build_model(model_config, builders.layer_spec(single), gpt, groups=layout.groups, with_teacher=False)
     load_pretrained_weights(checkpoint, chunks)
     state = {k: v for k, v in unwrap(chunks[0]).student.state_dict().items() if not k.endswith("_extra_state")}
     return save_hf_llama(
-        out_dir, state, single, vocab_size=tokenizer.vocab_size,
+        out_dir, state, model_config, gpt, vocab_size=tokenizer.vocab_size,
         max_position_embeddings=max_position_embeddings or config.dataset.seq_length, dtype=dtype,
         tokenizer_path=config.tokenizer.path if config.tokenizer.type == "huggingface" else None,
         bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
@@ -79,10 +85,13 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-position-embeddings", type=int, default=None,
                         help="context length written to config.json (default: the run's dataset.seq_length)")
     args = parser.parse_args(argv)
+    from nemo_mft.megatron import megatron_on_cpu
+
     try:
         config = load_run_config(args.run_config)
-        written = export_checkpoint(config, args.checkpoint, args.out, dtype=args.dtype,
-                                    max_position_embeddings=args.max_position_embeddings)
+        with megatron_on_cpu():
+            written = export_checkpoint(config, args.checkpoint, args.out, dtype=args.dtype,
+                                        max_position_embeddings=args.max_position_embeddings)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         parser.exit(2, f"nemo-mft export: error: {err}\n")
     print(f"exported {len(written)} files to {args.out}")

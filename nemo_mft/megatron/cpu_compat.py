@@ -1,13 +1,15 @@
 """Run megatron-core 0.16.1 on a machine WITHOUT a CUDA device (tests, CPU smoke runs over gloo).
 
-megatron-core hard-codes CUDA in code paths that are otherwise device-agnostic. When, and only when,
-``torch.cuda.is_available()`` is False, `enable_cpu_fallback` redirects them to the CPU. On a machine with
-a CUDA device it returns False and changes nothing, so GPU runs never see any of this.
+megatron-core hard-codes CUDA in code paths that are otherwise device-agnostic. Inside the context
+manager `megatron_on_cpu` they are redirected to the CPU, when, and only when, ``torch.cuda.is_available()``
+is False; on a machine with a CUDA device it changes nothing, so GPU runs never see any of this. The entry
+points enter it (the CLI commands, the tests' spawned ranks) and leave it when they finish, which puts
+back every patched function: importing a module of this package changes nothing.
 
 What is patched, and why:
 
-1. A `torch.overrides.TorchFunctionMode` (pushed once, for the calling thread, which is the thread that
-   runs the model, the schedule and the optimizer; autograd runs CPU backward on that thread too) that
+1. A `torch.overrides.TorchFunctionMode` (pushed for the calling thread, which is the thread that runs
+   the model, the schedule and the optimizer; autograd runs CPU backward on that thread too) that
    rewrites CUDA devices to ``cpu`` in every torch call: ``device="cuda"`` / ``device=<int>`` in factory
    functions (``torch.zeros(..., device="cuda")`` in the schedules' token counters, the DDP grad buffers,
    ``clip_grads``; ``torch.empty(..., device=torch.cuda.current_device())`` in the p2p receive buffers),
@@ -31,17 +33,17 @@ Nothing here touches megatron model code; the model, schedules, DDP and optimize
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["enable_cpu_fallback", "cpu_fallback_enabled"]
+__all__ = ["megatron_on_cpu", "cpu_fallback_active"]
 
 _LOCK = threading.Lock()
-_ENABLED = False
-_MODE: "_CudaToCpuMode | None" = None
+_DEPTH = 0  # nesting depth of megatron_on_cpu() in this process (patches are applied at depth 1)
 
 
 def _to_cpu_device(device: Any) -> Any:
@@ -104,40 +106,60 @@ def _cpu_clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_deco
             grad.mul_(clip_coeff)
 
 
-def cpu_fallback_enabled() -> bool:
-    """True once `enable_cpu_fallback` has patched this process."""
-    return _ENABLED
+def _patches() -> list[tuple[Any, str, Any]]:
+    """(owner, attribute, replacement) for items 2-4 of the module docstring."""
+    import megatron.core.optimizer.optimizer as megatron_optimizer
+    import megatron.core.tensor_parallel.random as megatron_random
+
+    return [
+        (torch.cuda, "current_device", lambda: 0),
+        (torch.cuda, "synchronize", lambda device=None: None),
+        (torch.cuda, "empty_cache", lambda: None),
+        (torch.cuda, "get_rng_state", _cpu_get_rng_state),
+        (torch.cuda.random, "get_rng_state", _cpu_get_rng_state),
+        (torch.cuda, "set_rng_state", _cpu_set_rng_state),
+        (torch.cuda.random, "set_rng_state", _cpu_set_rng_state),
+        (torch.cuda, "manual_seed", torch.manual_seed),
+        (torch.cuda.random, "manual_seed", torch.manual_seed),
+        (megatron_random, "_get_cuda_rng_state", _cpu_tracker_get_rng_state),
+        (megatron_random, "_set_cuda_rng_state", _cpu_set_rng_state),
+        (megatron_optimizer, "clip_grad_by_total_norm_fp32", _cpu_clip_grad_by_total_norm_fp32),
+    ]
 
 
-def enable_cpu_fallback() -> bool:
-    """Redirect megatron-core's hard-coded CUDA calls to the CPU when no CUDA device exists.
+def cpu_fallback_active() -> bool:
+    """True inside `megatron_on_cpu` on a machine without CUDA (the redirect is in force)."""
+    return _DEPTH > 0
 
-    Idempotent. Returns False (and changes nothing) when ``torch.cuda.is_available()``; True otherwise.
-    Call it in the thread that will run the model (the TorchFunctionMode is per thread).
+
+@contextlib.contextmanager
+def megatron_on_cpu() -> Iterator[bool]:
+    """Run megatron-core on the CPU inside this block when no CUDA device exists; yields whether it does.
+
+    On a machine with CUDA it yields False and changes nothing. Otherwise it patches the functions of the
+    module docstring and pushes the device-rewriting mode for the calling thread (the thread that must
+    run the model), and undoes both on exit. Re-entrant: a nested block is a no-op.
     """
-    global _ENABLED, _MODE
+    global _DEPTH
     if torch.cuda.is_available():
-        return False
+        yield False
+        return
     with _LOCK:
-        if _ENABLED:
-            return True
-        import megatron.core.optimizer.optimizer as megatron_optimizer
-        import megatron.core.tensor_parallel.random as megatron_random
-
-        torch.cuda.current_device = lambda: 0
-        torch.cuda.synchronize = lambda device=None: None
-        torch.cuda.empty_cache = lambda: None
-        torch.cuda.get_rng_state = _cpu_get_rng_state
-        torch.cuda.random.get_rng_state = _cpu_get_rng_state
-        torch.cuda.set_rng_state = _cpu_set_rng_state
-        torch.cuda.random.set_rng_state = _cpu_set_rng_state
-        torch.cuda.manual_seed = torch.manual_seed
-        torch.cuda.random.manual_seed = torch.manual_seed
-        megatron_random._get_cuda_rng_state = _cpu_tracker_get_rng_state
-        megatron_random._set_cuda_rng_state = _cpu_set_rng_state
-        megatron_optimizer.clip_grad_by_total_norm_fp32 = _cpu_clip_grad_by_total_norm_fp32
-
-        _MODE = _CudaToCpuMode()
-        _MODE.__enter__()
-        _ENABLED = True
-    return True
+        _DEPTH += 1
+        outermost = _DEPTH == 1
+        saved = []
+        if outermost:
+            for owner, name, replacement in _patches():
+                saved.append((owner, name, getattr(owner, name)))
+                setattr(owner, name, replacement)
+    try:
+        if outermost:
+            with _CudaToCpuMode():
+                yield True
+        else:
+            yield True
+    finally:
+        with _LOCK:
+            for owner, name, original in reversed(saved):
+                setattr(owner, name, original)
+            _DEPTH -= 1

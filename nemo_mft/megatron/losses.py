@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
 from nemo_mft.loss import mft_loss
+from nemo_mft.loss.exchange import group_rank_and_size
+from nemo_mft.megatron.cross_entropy import vocab_parallel_cross_entropy
 
 __all__ = ["LossSums", "mft_sums", "cross_entropy_sums", "constant_mix_sums", "mask_padded_columns"]
 
@@ -48,18 +48,18 @@ def mask_padded_columns(logits: torch.Tensor, vocab_size: int, tp_rank: int) -> 
 
 def cross_entropy_sums(student_logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, *,
                        vocab_size: int, tp_group: dist.ProcessGroup | None) -> LossSums:
-    """Cross-entropy of the student on ``labels`` with megatron-core's ``vocab_parallel_cross_entropy``.
+    """Cross-entropy of the student on ``labels`` (megatron-core's vocab-parallel cross-entropy, explicit group).
 
     student_logits [B, S, V_local] (fp32 or 16-bit; computed in fp32), labels [B, S] global ids,
     loss_mask [B, S] weights. Padding columns are masked to -inf first, so the softmax is over the true
     vocabulary (the same quantity as `MFTStats.student_ce`).
     """
-    tp_rank = dist.get_rank(tp_group) if tp_group is not None and dist.get_world_size(tp_group) > 1 else 0
+    tp_rank, _ = group_rank_and_size(tp_group)
     logits = mask_padded_columns(student_logits.float(), vocab_size, tp_rank)
     if logits is student_logits:
         # vocab_parallel_cross_entropy overwrites fp32 inputs in place: give it its own buffer.
         logits = logits.clone()
-    per_token = vocab_parallel_cross_entropy(logits, labels.long())  # [B, S]
+    per_token = vocab_parallel_cross_entropy(logits, labels.long(), tp_group)  # [B, S]
     weights = loss_mask.to(per_token.dtype)
     loss = (per_token * weights).sum()
     return LossSums(loss=loss, weight=weights.sum().detach(), student_ce=loss.detach())

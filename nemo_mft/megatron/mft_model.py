@@ -6,9 +6,10 @@ V_local = padded vocab / TP. With sequence parallelism the hidden states between
 - Last stage: ``forward`` returns ``(student_logits, teacher_logits)``, each [B, S, V_local] (the
   teacher's is None when the teacher is not run); GPTModel with labels=None returns [b, s, v].
 - Other stages: ``forward`` returns the hidden states sent to the next stage: [S, B, H] for the student
-  alone, or [S, 2B, H] = cat(student, teacher) along the micro-batch dimension (dim 1) when the teacher
-  runs. Dim 1 is never split by sequence parallelism (which splits dim 0), so the concatenation is
-  layout-safe; the schedule must then be told a micro-batch of 2B (see `schedule.run_microbatches`).
+  alone, or [S, B, 2H] = cat(student, teacher) along the hidden dimension when the teacher runs (the
+  layout of ModelOpt's distillation; the last dimension is never split by sequence parallelism). The
+  schedule learns the wider shape through megatron-core's own hook, ``adjust_tensor_shapes_fn``
+  (`schedule.with_teacher_activations`); the micro-batch size it sees is the true one.
   ``set_input_tensor`` keeps the received tensor and ``forward`` splits it again.
 
 The teacher is held outside nn.Module registration: it is not in ``parameters()``, ``buffers()``,
@@ -90,7 +91,7 @@ class MFTModel(MegatronModule):
 
     # --- pipeline plumbing --------------------------------------------------------------------------
     def set_input_tensor(self, input_tensor) -> None:
-        """Keep the tensor received from the previous stage ([S, B or 2B, H]); ``forward`` splits it."""
+        """Keep the tensor received from the previous stage ([S, B, H or 2H]); ``forward`` splits it."""
         if isinstance(input_tensor, (list, tuple)):
             if len(input_tensor) != 1:
                 raise ValueError(f"MFTModel expects one input tensor per stage, got {len(input_tensor)}")
@@ -106,9 +107,11 @@ class MFTModel(MegatronModule):
         if not run_teacher:
             self.module.set_input_tensor(received)
             return
-        if received.shape[1] % 2:
-            raise ValueError(f"expected [S, 2B, H] (student and teacher activations), got {tuple(received.shape)}")
-        student_in, teacher_in = torch.chunk(received, 2, dim=1)
+        hidden = self.config.hidden_size
+        if received.shape[-1] != 2 * hidden:
+            raise ValueError(f"expected [S, B, 2H] = [..., {2 * hidden}] (student and teacher activations), got "
+                             f"{tuple(received.shape)}: the schedule needs schedule.with_teacher_activations")
+        student_in, teacher_in = received[..., :hidden], received[..., hidden:]
         self.module.set_input_tensor(student_in.contiguous())
         self.teacher.set_input_tensor(teacher_in.detach().contiguous())
 
@@ -119,7 +122,7 @@ class MFTModel(MegatronModule):
 
         input_ids, position_ids: [B, S] (used on the first stage). attention_mask: None (causal).
         Returns ``(student_logits [B, S, V_local], teacher_logits [B, S, V_local] | None)`` on the last
-        stage, hidden states [S, B, H] or [S, 2B, H] (student; teacher) on the others.
+        stage, hidden states [S, B, H] or [S, B, 2H] (student; teacher) on the others.
         """
         if run_teacher and self._teacher is None:
             raise ValueError("run_teacher=True but this MFTModel was built without a teacher (method 'ft')")
@@ -136,7 +139,7 @@ class MFTModel(MegatronModule):
             return student_out, teacher_out
         if teacher_out is None:
             return student_out
-        return torch.cat([student_out, teacher_out], dim=1)
+        return torch.cat([student_out, teacher_out], dim=-1)
 
     # --- checkpoints: exactly the student's keys ------------------------------------------------------
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):

@@ -1,6 +1,9 @@
 """Process groups: torch.distributed start-up and megatron-core's tensor/pipeline/data-parallel layout.
 
-The only global state is torch.distributed's default group and megatron's ``parallel_state``.
+The only global state is torch.distributed's default group and megatron's ``parallel_state``, which
+`initialize_parallel` creates and reads, once: it returns the groups as a megatron-core
+``ProcessGroupCollection`` (inside `ParallelLayout`), and every other module of the package takes them
+from there, as arguments.
 """
 
 from __future__ import annotations
@@ -8,19 +11,27 @@ from __future__ import annotations
 import os
 import random
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-from nemo_mft.megatron.cpu_compat import enable_cpu_fallback
+from nemo_mft.megatron.cpu_compat import cpu_fallback_active
 
-__all__ = ["ParallelLayout", "init_distributed", "initialize_parallel", "destroy_parallel", "current_layout"]
+if TYPE_CHECKING:
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+__all__ = ["ParallelLayout", "init_distributed", "initialize_parallel", "destroy_parallel", "layout_of"]
 
 
 @dataclass(frozen=True)
 class ParallelLayout:
-    """Where this process sits: world = tp x pp x dp (megatron order tp-cp-ep-dp-pp)."""
+    """Where this process sits: world = tp x pp x dp (megatron order tp-cp-ep-dp-pp), and its groups.
+
+    ``groups`` holds this rank's process groups (``tp``, ``pp``, ``dp``, ``dp_cp``, ``embd``, ...), the
+    object megatron-core's model, DDP, optimizer and schedules take as ``pg_collection``.
+    """
 
     world_size: int
     rank: int
@@ -32,6 +43,7 @@ class ParallelLayout:
     dp_rank: int
     is_first_stage: bool
     is_last_stage: bool
+    groups: "ProcessGroupCollection" = field(compare=False, repr=False)
 
 
 def _free_port() -> int:
@@ -43,13 +55,9 @@ def _free_port() -> int:
 def init_distributed() -> None:
     """Initialize torch.distributed once: from torchrun's env vars, else as a single process.
 
-    Backend nccl with CUDA (device from LOCAL_RANK), gloo otherwise (and megatron's CUDA calls are
-    redirected to the CPU, see `cpu_compat`). A no-op when already initialized (except the CPU fallback,
-    which is always enabled without CUDA).
+    Backend nccl with CUDA (device from LOCAL_RANK), gloo otherwise. A no-op when already initialized.
     """
     use_cuda = torch.cuda.is_available()
-    if not use_cuda:
-        enable_cpu_fallback()
     if dist.is_initialized():
         return
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -78,31 +86,33 @@ def _seed_everything(seed: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
-def current_layout() -> ParallelLayout:
-    """The layout of the initialized megatron parallel state."""
-    from megatron.core import parallel_state as ps
-
+def layout_of(groups: "ProcessGroupCollection") -> ParallelLayout:
+    """The layout of this rank in ``groups`` (needs the ``tp``, ``pp`` and ``dp`` groups)."""
+    pp_rank, pp_size = groups.pp.rank(), groups.pp.size()
     return ParallelLayout(
         world_size=dist.get_world_size(),
         rank=dist.get_rank(),
-        tp_size=ps.get_tensor_model_parallel_world_size(),
-        pp_size=ps.get_pipeline_model_parallel_world_size(),
-        dp_size=ps.get_data_parallel_world_size(),
-        tp_rank=ps.get_tensor_model_parallel_rank(),
-        pp_rank=ps.get_pipeline_model_parallel_rank(),
-        dp_rank=ps.get_data_parallel_rank(),
-        is_first_stage=ps.is_pipeline_first_stage(ignore_virtual=True),
-        is_last_stage=ps.is_pipeline_last_stage(ignore_virtual=True),
+        tp_size=groups.tp.size(),
+        pp_size=pp_size,
+        dp_size=groups.dp.size(),
+        tp_rank=groups.tp.rank(),
+        pp_rank=pp_rank,
+        dp_rank=groups.dp.rank(),
+        is_first_stage=pp_rank == 0,
+        is_last_stage=pp_rank == pp_size - 1,
+        groups=groups,
     )
 
 
 def initialize_parallel(tp_size: int, pp_size: int, *, seed: int) -> ParallelLayout:
-    """Create megatron's process groups for TP x PP (DP = the rest) and seed the RNGs.
+    """Create megatron's process groups for TP x PP (DP = the rest), seed the RNGs; the layout and groups.
 
-    Requires torch.distributed to be initialized. Raises ValueError when the world size is not a
-    multiple of tp_size * pp_size.
+    Requires torch.distributed to be initialized and, on a machine without CUDA, to run inside
+    `cpu_compat.megatron_on_cpu`. Raises ValueError when the world size is not a multiple of
+    tp_size * pp_size.
     """
     from megatron.core import parallel_state as ps
+    from megatron.core.process_groups_config import ProcessGroupCollection
 
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialized: call init_distributed() first")
@@ -114,11 +124,12 @@ def initialize_parallel(tp_size: int, pp_size: int, *, seed: int) -> ParallelLay
             f"world size {world_size} is not divisible by tensor_model_parallel_size {tp_size} x "
             f"pipeline_model_parallel_size {pp_size} = {tp_size * pp_size}"
         )
-    if not torch.cuda.is_available():
-        enable_cpu_fallback()
+    if not torch.cuda.is_available() and not cpu_fallback_active():
+        raise RuntimeError("no CUDA device: megatron-core runs on the CPU only inside "
+                           "nemo_mft.megatron.megatron_on_cpu() (the CLI and the tests enter it)")
     ps.initialize_model_parallel(tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size)
     _seed_everything(seed)
-    return current_layout()
+    return layout_of(ProcessGroupCollection.use_mpu_process_groups())
 
 
 def destroy_parallel() -> None:

@@ -15,13 +15,16 @@ class Evaluator:
 
     ``forward_step`` comes from ``make_forward_step(..., evaluate=True)``: student only, the loss is the
     cross-entropy summed over loss-mask tokens, so the perplexity is exp(sum / count) over the whole set.
+    ``groups``: the run's process groups (``ParallelLayout.groups``); the sets are split over ``groups.dp``.
     """
 
     def __init__(self, forward_step, validation: TokenizedDataset, general: Optional[TokenizedDataset], *,
-                 micro_batch_size: int, seq_length: int, dp_rank: int, dp_size: int) -> None:
+                 groups, micro_batch_size: int, seq_length: int) -> None:
         self.forward_step = forward_step
+        self.groups = groups
         self.micro_batch_size = micro_batch_size
         self.seq_length = seq_length
+        dp_rank, dp_size = groups.dp.rank(), groups.dp.size()
         self.spec_batches = eval_micro_batches(validation, micro_batch_size, dp_rank, dp_size)
         self.general_batches = (None if general is None
                                 else eval_micro_batches(general, micro_batch_size, dp_rank, dp_size))
@@ -29,7 +32,8 @@ class Evaluator:
     def _perplexity(self, chunks, batches) -> float:
         from nemo_mft.megatron import run_microbatches
 
-        reports = run_microbatches(self.forward_step, iter(batches), chunks, num_microbatches=len(batches),
+        reports = run_microbatches(self.forward_step, iter(batches), chunks, groups=self.groups,
+                                   num_microbatches=len(batches),
                                    seq_length=self.seq_length, micro_batch_size=self.micro_batch_size,
                                    forward_only=True)
         nll_sum, count = reports["loss"]

@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from nemo_mft.config import builders
 from nemo_mft.config.schema import FinetuneConfig
 from nemo_mft.data import MicroBatchSampler, num_microbatches, train_micro_batches
 from nemo_mft.training.checkpointing import load_checkpoint, load_pretrained_weights, save_checkpoint
@@ -78,7 +79,8 @@ def run_finetune(config: FinetuneConfig, resolved_yaml: Optional[str] = None) ->
     """Run the recipe; returns the summary on global rank 0 (None elsewhere, or when exiting early).
 
     ``resolved_yaml`` is written to ``log_dir/config.yaml`` (the CLI passes the resolved Hydra config).
-    torch.distributed is initialized here when it is not already (and torn down again at the end).
+    torch.distributed is initialized here when it is not already (and torn down again at the end). On a
+    machine without CUDA, call it inside `nemo_mft.megatron.megatron_on_cpu` (the CLI does).
     """
     plan, data, _ = check_run(config)
 
@@ -117,12 +119,14 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
                     "no general-domain set" if data.general is None else f"{len(data.general)} general windows")
 
     # ---- model, teacher, optimizer, schedule
+    groups, objective = layout.groups, config.mft.objective
     vocab_size = data.tokenizer.vocab_size
-    chunks = nm.build_model(config.model, vocab_size=vocab_size, seq_length=seq_length, method=method)
+    chunks = nm.build_model(builders.transformer_config(config.model), builders.layer_spec(config.model),
+                            builders.gpt_options(config.model, vocab_size=vocab_size, seq_length=seq_length),
+                            groups=groups, with_teacher=objective.uses_teacher)
     if plan.pretrained is not None:
         load_pretrained_weights(plan.pretrained, chunks)
-        if method != "ft":
-            nm.sync_teacher_from_student(chunks)
+        nm.sync_teacher_from_student(chunks)
         logger.info("initial weights (student and teacher) from %s", plan.pretrained)
     else:
         logger.warning("checkpoint.pretrained_checkpoint is null: the model (and its teacher) start from a "
@@ -130,8 +134,8 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
                        "model, set checkpoint.pretrained_checkpoint", train_cfg.seed)
     # theta_0 of the L2-to-init baseline: the initial weights, captured before a resume replaces them.
     regularizer = nm.L2ToInitial(chunks, config.mft.l2_init_weight) if config.mft.l2_init_weight > 0 else None
-    chunks = nm.wrap_with_ddp(chunks, config.model)
-    optimizer = nm.build_optimizer(chunks, config.optimizer)
+    chunks = nm.wrap_with_ddp(chunks, groups)
+    optimizer = nm.build_optimizer(chunks, builders.optimizer_config(config.optimizer, config.model), groups)
     scheduler = build_scheduler(optimizer, config)
 
     start_iteration, base, prior_time = 0, None, 0.0
@@ -150,12 +154,9 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
     n_micro = num_microbatches(gbs, mbs, dp_size)
     sampler = MicroBatchSampler(len(data.train), mbs, layout.dp_rank, dp_size, train_cfg.seed)
     batches = train_micro_batches(data.train, sampler, consumed_samples=start_iteration * gbs)
-    step_kwargs = dict(tau=config.mft.tau, temperature=config.mft.temperature, impl=config.mft.impl,
-                       vocab_size=vocab_size, kd_ce_alpha=config.mft.kd_ce_alpha, inplace_grad=config.mft.inplace_grad)
-    train_step_fn = nm.make_forward_step(method, evaluate=False, **step_kwargs)
-    evaluator = Evaluator(nm.make_forward_step(method, evaluate=True, **step_kwargs), data.validation,
-                          data.general, micro_batch_size=mbs, seq_length=seq_length, dp_rank=layout.dp_rank,
-                          dp_size=dp_size)
+    train_step_fn = nm.make_forward_step(objective, vocab_size=vocab_size, tp_group=groups.tp)
+    evaluator = Evaluator(nm.make_forward_step(objective, vocab_size=vocab_size, tp_group=groups.tp, evaluate=True),
+                          data.validation, data.general, groups=groups, micro_batch_size=mbs, seq_length=seq_length)
     reporter = Reporter(writer=writer, log_dir=config.logger.log_dir, train_iters=train_cfg.train_iters,
                         start_iteration=start_iteration, resuming=plan.resume_from is not None,
                         tensorboard=config.logger.tensorboard, progress_bar=config.logger.progress_bar,
@@ -184,7 +185,7 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
     try:
         while iteration < train_cfg.train_iters:
             lr = _lr(optimizer)
-            result = nm.train_step(train_step_fn, batches, chunks, optimizer, num_microbatches=n_micro,
+            result = nm.train_step(train_step_fn, batches, chunks, optimizer, groups=groups, num_microbatches=n_micro,
                                    seq_length=seq_length, micro_batch_size=mbs, regularizer=regularizer)
             scheduler.step(1)
             iteration += 1

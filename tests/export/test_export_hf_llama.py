@@ -12,28 +12,40 @@ import json
 import pytest
 import torch
 
+from nemo_mft.config import builders
 from nemo_mft.config.schema import ModelSection
 from nemo_mft.export import check_llama_compatible, save_hf_llama
 from nemo_mft.export import hf_llama
 
 VOCAB = 100  # true vocabulary; the model pads to 112
 SEQ = 12
-LLAMA = ModelSection(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=48,
-                     normalization="RMSNorm", activation="swiglu", add_bias_linear=False, rotary_base=5000,
-                     make_vocab_size_divisible_by=16)
+LLAMA_SECTION = ModelSection(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
+                             ffn_hidden_size=48, normalization="RMSNorm", activation="swiglu", add_bias_linear=False,
+                             rotary_base=5000, make_vocab_size_divisible_by=16)
 
 
-def _megatron_logits_and_state(rank, world_size, model: ModelSection, tokens: torch.Tensor):
-    from nemo_mft.megatron import build_model, initialize_parallel, init_distributed
+def _llama(section: ModelSection = LLAMA_SECTION):
+    """(TransformerConfig, GPTOptions) of the model, as the recipe's builders make them."""
+    return builders.transformer_config(section), builders.gpt_options(section, vocab_size=VOCAB, seq_length=SEQ)
+
+
+LLAMA = _llama()
+
+
+def _megatron_logits_and_state(rank, world_size, tokens: torch.Tensor):
+    from nemo_mft.megatron import build_model, init_distributed, initialize_parallel, megatron_on_cpu
 
     init_distributed()
-    initialize_parallel(1, 1, seed=7)
-    gpt = build_model(model, vocab_size=VOCAB, seq_length=SEQ, method="ft")[0].student.eval()
-    with torch.no_grad():  # norms start at 1: perturb every tensor so a swapped mapping cannot pass
-        for param in gpt.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-        positions = torch.arange(tokens.shape[1]).expand_as(tokens)
-        logits = gpt(tokens, positions, attention_mask=None)
+    with megatron_on_cpu():
+        layout = initialize_parallel(1, 1, seed=7)
+        config, gpt_options = LLAMA
+        gpt = build_model(config, builders.layer_spec(LLAMA_SECTION), gpt_options, groups=layout.groups,
+                          with_teacher=False)[0].student.eval()
+        with torch.no_grad():  # norms start at 1: perturb every tensor so a swapped mapping cannot pass
+            for param in gpt.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+            positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+            logits = gpt(tokens, positions, attention_mask=None)
     state = {k: v.clone() for k, v in gpt.state_dict().items() if isinstance(v, torch.Tensor)}
     return logits, state
 
@@ -43,7 +55,7 @@ def megatron_llama():
     from dist_utils import run_distributed
 
     tokens = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
-    logits, state = run_distributed(_megatron_logits_and_state, 1, LLAMA, tokens)
+    logits, state = run_distributed(_megatron_logits_and_state, 1, tokens)
     return tokens, logits, state
 
 
@@ -58,7 +70,7 @@ def test_export_matches_megatron_logits(megatron_llama, tmp_path):
     tokens, logits, state = megatron_llama
     assert logits.shape == (2, SEQ, 112)
     out = tmp_path / "hf"
-    save_hf_llama(str(out), state, LLAMA, vocab_size=VOCAB, max_position_embeddings=SEQ, dtype="float32",
+    save_hf_llama(str(out), state, *LLAMA, vocab_size=VOCAB, max_position_embeddings=SEQ, dtype="float32",
                   bos_token_id=1, eos_token_id=2)
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == VOCAB and config["num_key_value_heads"] == 2 and config["rope_theta"] == 5000
@@ -69,7 +81,7 @@ def test_sharded_export_loads(megatron_llama, tmp_path, monkeypatch):
     tokens, logits, state = megatron_llama
     monkeypatch.setattr(hf_llama, "_SHARD_BYTES", 20_000)
     out = tmp_path / "hf"
-    written = save_hf_llama(str(out), state, LLAMA, vocab_size=VOCAB, max_position_embeddings=SEQ, dtype="float32")
+    written = save_hf_llama(str(out), state, *LLAMA, vocab_size=VOCAB, max_position_embeddings=SEQ, dtype="float32")
     assert sum(name.endswith(".safetensors") for name in written) > 2
     assert (out / "model.safetensors.index.json").exists()
     torch.testing.assert_close(_hf_logits(str(out), tokens), logits[..., :VOCAB], rtol=1e-4, atol=1e-4)
@@ -81,7 +93,7 @@ def test_bf16_export_and_tokenizer_files(megatron_llama, tmp_path):
     tok_dir.mkdir()
     (tok_dir / "tokenizer.json").write_text("{}")
     out = tmp_path / "hf"
-    save_hf_llama(str(out), state, LLAMA, vocab_size=VOCAB, max_position_embeddings=SEQ, tokenizer_path=str(tok_dir))
+    save_hf_llama(str(out), state, *LLAMA, vocab_size=VOCAB, max_position_embeddings=SEQ, tokenizer_path=str(tok_dir))
     from safetensors.torch import load_file
 
     tensors = load_file(str(out / "model.safetensors"))
@@ -95,7 +107,7 @@ def test_export_refuses_non_empty_directory(megatron_llama, tmp_path):
     _, _, state = megatron_llama
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(FileExistsError, match="not empty"):
-        save_hf_llama(str(tmp_path), state, LLAMA, vocab_size=VOCAB, max_position_embeddings=SEQ)
+        save_hf_llama(str(tmp_path), state, *LLAMA, vocab_size=VOCAB, max_position_embeddings=SEQ)
     assert (tmp_path / "keep.txt").read_text() == "user data"
 
 
@@ -107,10 +119,10 @@ def test_export_refuses_non_empty_directory(megatron_llama, tmp_path):
 ])
 def test_non_llama_models_are_rejected(change, message):
     with pytest.raises(ValueError, match=message):
-        check_llama_compatible(dataclasses.replace(LLAMA, **change))
+        check_llama_compatible(*_llama(dataclasses.replace(LLAMA_SECTION, **change)))
 
 
 def test_vocab_larger_than_model_is_rejected(megatron_llama):
     _, _, state = megatron_llama
     with pytest.raises(ValueError, match="exceeds"):
-        hf_llama.convert_to_hf_llama(state, LLAMA, vocab_size=500)
+        hf_llama.convert_to_hf_llama(state, *LLAMA, vocab_size=500)

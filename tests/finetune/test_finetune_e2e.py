@@ -173,7 +173,7 @@ def test_exported_checkpoint_reproduces_the_runs_own_perplexity(runs):
     import torch
     from transformers import LlamaForCausalLM
 
-    from nemo_mft.export.from_checkpoint import load_run_config
+    from nemo_mft.finetune.export_command import load_run_config
     from nemo_mft.training.inputs import load_run_data
 
     root, _ = runs
@@ -190,7 +190,7 @@ def test_exported_checkpoint_reproduces_the_runs_own_perplexity(runs):
 
 
 def test_export_refuses_a_model_that_is_not_llama_shaped(runs, capsys):
-    from nemo_mft.export.from_checkpoint import export_main
+    from nemo_mft.finetune.export_command import export_main
 
     root, _ = runs
     with pytest.raises(SystemExit) as exit_info:

@@ -1,5 +1,9 @@
 """Shared helpers for tests/megatron: a tiny GPT, deterministic weights and data, gathering, recording.
 
+The model is built the way a caller of `nemo_mft.megatron` without our recipes builds it: a megatron-core
+``TransformerConfig``, the local layer spec, `GPTOptions`, an ``OptimizerConfig``, an `Objective` and the
+process groups that `initialize_parallel` returns.
+
 Everything that needs process groups runs inside ONE spawned world of 4 gloo ranks (`run_all`, started
 once per session by conftest.py): importing megatron costs seconds per process, so the sections for the
 model, forward-step and parallel-equivalence tests are batched into that job and each test file checks
@@ -46,13 +50,61 @@ def load_loss_reference():
     return sys.modules[name]
 
 
-def tiny_model(tp: int = 1, pp: int = 1, **overrides):
-    from nemo_mft.config.schema import ModelSection
+PADDED_VOCAB = 128
+
+
+def tiny_config(tp: int = 1, pp: int = 1, **overrides):
+    """megatron-core TransformerConfig of the tiny GPT (fp32, no dropout, fusions off, per-token loss)."""
+    from megatron.core.transformer import TransformerConfig
 
     fields = dict(num_layers=4, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64,
-                  make_vocab_size_divisible_by=64, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+                  tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, pipeline_dtype=torch.float32,
+                  hidden_dropout=0.0, attention_dropout=0.0, calculate_per_token_loss=True,
+                  use_cpu_initialization=True, bias_activation_fusion=False, masked_softmax_fusion=False,
+                  bias_dropout_fusion=False, apply_rope_fusion=False, gradient_accumulation_fusion=False,
+                  persist_layer_norm=False)
     fields.update(overrides)
-    return ModelSection(**fields)
+    return TransformerConfig(**fields)
+
+
+def build(layout, tp: int = 1, pp: int = 1, *, with_teacher: bool = True, padded_vocab: int = PADDED_VOCAB,
+          **overrides) -> list:
+    """The MFT chunks of the tiny GPT on this rank of ``layout`` (`initialize_parallel`'s result)."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from nemo_mft.megatron import GPTOptions, build_model
+
+    return build_model(tiny_config(tp, pp, **overrides), get_gpt_layer_local_spec(),
+                       GPTOptions(padded_vocab_size=padded_vocab, max_sequence_length=SEQ),
+                       groups=layout.groups, with_teacher=with_teacher)
+
+
+def objective(method: str = "mft", **overrides):
+    from nemo_mft.methods import Objective
+
+    fields = dict(method=method, tau=TAU, temperature=TEMPERATURE, kd_ce_alpha=KD_CE_ALPHA)
+    fields.update(overrides)
+    return Objective(**fields)
+
+
+def forward_step(layout, method: str = "mft", *, vocab_size: int = VOCAB, evaluate: bool = False, **overrides):
+    from nemo_mft.megatron import make_forward_step
+
+    return make_forward_step(objective(method, **overrides), vocab_size=vocab_size, tp_group=layout.groups.tp,
+                             evaluate=evaluate)
+
+
+def optimizer(ddp: list, layout, **overrides):
+    """megatron-core optimizer over ``ddp`` (Adam, lr 1e-4, beta2 0.95, no weight decay, clip 1.0 unless
+    overridden)."""
+    from megatron.core.optimizer import OptimizerConfig
+
+    from nemo_mft.megatron import build_optimizer
+
+    fields = dict(optimizer="adam", lr=1e-4, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8,
+                  clip_grad=1.0, params_dtype=torch.float32)
+    fields.update(overrides)
+    return build_optimizer(ddp, OptimizerConfig(**fields), layout.groups)
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -144,11 +196,8 @@ def gather_full(chunks: list, value_of: Callable[[torch.nn.Parameter], torch.Ten
     return full, replica_diff
 
 
-def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
-    """[..., V_local] vocab shards of the TP group -> [..., V] (rank order)."""
-    from megatron.core import parallel_state
-
-    group = parallel_state.get_tensor_model_parallel_group()
+def gather_vocab(logits: torch.Tensor, group) -> torch.Tensor:
+    """[..., V_local] vocab shards of the TP ``group`` -> [..., V] (rank order)."""
     size = dist.get_world_size(group)
     if size == 1:
         return logits.detach().clone()
@@ -160,11 +209,12 @@ def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
 class RecordingStep:
     """Wraps a forward step; on the last stage records each micro-batch's reports by ``mb_id``.
 
-    With ``capture`` it also keeps the full-vocabulary (TP-gathered) student/teacher logits.
+    With ``capture`` it also keeps the full-vocabulary (TP-gathered over ``inner.tp_group``) logits.
     """
 
     def __init__(self, inner, capture: bool = False) -> None:
         self.inner = inner
+        self.tp_group = inner.tp_group
         self.runs_teacher = inner.runs_teacher
         self.report_keys = inner.report_keys
         self.capture = capture
@@ -180,7 +230,8 @@ class RecordingStep:
             if self.capture:  # before the loss: with inplace_grad it overwrites the student logits
                 student, teacher = output_tensor
                 self.captured[mb_id] = {
-                    "student": gather_vocab(student), "teacher": gather_vocab(teacher) if teacher is not None else None,
+                    "student": gather_vocab(student, self.tp_group),
+                    "teacher": gather_vocab(teacher, self.tp_group) if teacher is not None else None,
                     "labels": batch["labels"].clone(), "loss_mask": batch["loss_mask"].clone()}
             loss, num_tokens, reports = loss_func(output_tensor)
             self.records[mb_id] = {key: value.tolist() for key, value in reports.items()}
@@ -209,15 +260,19 @@ def run_all(rank: int, world_size: int) -> dict:
     """All sections on 4 gloo ranks; rank 0's dict is returned to the parent."""
     import megatron_sections as sections
 
-    from nemo_mft.megatron import init_distributed
+    from nemo_mft.megatron import init_distributed, megatron_on_cpu
 
-    init_distributed()  # joins the existing gloo group, enables the CPU fallback
-    return {
-        "cpu_compat": sections.cpu_compat_section(),
-        "errors": sections.errors_section(),
-        "model": sections.model_section(),
-        "forward_step": sections.forward_step_section(),
-        "methods": sections.methods_section(),
-        "l2_init": sections.l2_init_section(),
-        "equivalence": sections.equivalence_section(),
-    }
+    init_distributed()  # joins the existing gloo group
+    out = {"cpu_compat_outside": sections.cpu_compat_outside_section()}
+    with megatron_on_cpu():
+        out.update({
+            "cpu_compat": sections.cpu_compat_section(),
+            "errors": sections.errors_section(),
+            "model": sections.model_section(),
+            "forward_step": sections.forward_step_section(),
+            "methods": sections.methods_section(),
+            "l2_init": sections.l2_init_section(),
+            "equivalence": sections.equivalence_section(),
+        })
+    out["cpu_compat_after"] = sections.cpu_compat_outside_section()
+    return out

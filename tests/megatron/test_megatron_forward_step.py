@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_harness import TAU, TEMPERATURE, VOCAB, load_loss_reference
-from nemo_mft.megatron.forward_step import REPORT_KEYS, MethodSpec, make_forward_step, method_spec
-from nemo_mft.megatron.schedule import activation_copies
+from megatron_harness import TAU, TEMPERATURE, VOCAB, load_loss_reference, objective
+from nemo_mft.megatron.forward_step import REPORT_KEYS, make_forward_step
+from nemo_mft.megatron.schedule import with_teacher_activations
 
 REL = 1e-5
 SPECS = {"mft": (TAU, True, False), "kd": (TAU, True, True), "mft_incorrect_only": (TAU, False, False)}
@@ -24,24 +24,23 @@ def _close(actual: float, expected: float, rel: float = REL, atol: float | None 
     return abs(actual - expected) <= max(rel * abs(expected), rel * 1e-6 if atol is None else atol)
 
 
-def test_method_switch():
-    assert method_spec("mft", 0.3) == MethodSpec(uses_teacher=True, tau=0.3, correct_all=True)
-    assert method_spec("ft", 0.3).uses_teacher is False
-    assert method_spec("kd", 0.3) == MethodSpec(uses_teacher=True, tau=0.0, correct_all=True, distill_only=True)
-    assert method_spec("mft_incorrect_only", 0.3) == MethodSpec(uses_teacher=True, tau=0.3, correct_all=False)
-    assert method_spec("kd_ce", 0.3, kd_ce_alpha=0.4) == MethodSpec(uses_teacher=True, tau=0.0, correct_all=True,
-                                                                   distill_only=True, ce_weight=0.4)
-    with pytest.raises(ValueError, match="kd_ce_alpha must be in"):
-        method_spec("kd_ce", 0.3, kd_ce_alpha=1.5)
-    with pytest.raises(ValueError, match="method must be one of"):
-        method_spec("dpo", 0.3)
-    train = make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB)
-    evaluate = make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB, evaluate=True)
-    ft = make_forward_step("ft", tau=TAU, temperature=1.0, vocab_size=VOCAB)
+def test_forward_step_follows_the_method():
+    train = make_forward_step(objective("mft"), vocab_size=VOCAB, tp_group=None)
+    evaluate = make_forward_step(objective("mft"), vocab_size=VOCAB, tp_group=None, evaluate=True)
+    ft = make_forward_step(objective("ft"), vocab_size=VOCAB, tp_group=None)
     assert (train.runs_teacher, evaluate.runs_teacher, ft.runs_teacher) == (True, False, False)
     assert train.report_keys == REPORT_KEYS and ft.report_keys == evaluate.report_keys == ("loss", "student_ce")
-    assert (activation_copies(train), activation_copies(evaluate), activation_copies(ft)) == (2, 1, 1)
-    assert activation_copies(lambda it, model: None) == 1
+    with pytest.raises(TypeError, match="nemo_mft.methods.Objective"):
+        make_forward_step("mft", vocab_size=VOCAB, tp_group=None)
+    with pytest.raises(ValueError, match="vocab_size must be >= 1"):
+        make_forward_step(objective("mft"), vocab_size=0, tp_group=None)
+
+
+def test_teacher_activations_widen_the_hidden_dimension_only():
+    """The schedule's adjust_tensor_shapes_fn: [S, B, H] -> [S, B, 2H] for receive and send, B unchanged."""
+    recv, send = with_teacher_activations([(16, 2, 32)], [(8, 2, 32)])
+    assert (recv, send) == ([(16, 2, 64)], [(8, 2, 64)])
+    assert with_teacher_activations([None], []) == ([None], [])
 
 
 def test_ft_equals_megatron_cross_entropy(megatron_job):
@@ -139,7 +138,7 @@ def test_signature_fits_megatron_bridge_without_state_injection():
     GlobalState injected (its maybe_inject_state); megatron-core's schedules call it the same way."""
     import inspect
 
-    step = make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB)
+    step = make_forward_step(objective("mft"), vocab_size=VOCAB, tp_group=None)
     assert list(inspect.signature(step).parameters) == ["data_iterator", "model"]
 
 
@@ -147,7 +146,7 @@ def test_inplace_gradient_is_the_default_and_changes_nothing_else(megatron_job):
     """mft writes the student logits' gradient into their buffer by default; loss, logits gradient and every
     parameter gradient are identical to the out-of-place run."""
     runs = megatron_job["forward_step"]["inplace"]
-    assert make_forward_step("mft", tau=TAU, temperature=1.0, vocab_size=VOCAB).inplace_grad is True
+    assert make_forward_step(objective("mft"), vocab_size=VOCAB, tp_group=None).objective.inplace_grad is True
     assert runs[True]["overwritten"] and runs[True]["holds_grad"]
     assert not runs[False]["overwritten"] and not runs[False]["holds_grad"]
     assert runs[True]["loss"] == runs[False]["loss"]

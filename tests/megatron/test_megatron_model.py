@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_harness import tiny_model
-from nemo_mft.megatron import padded_vocab_size
+from megatron_harness import tiny_config
+from nemo_mft.megatron import GPTOptions, padded_vocab_size
 from nemo_mft.megatron.model import check_supported_layout, unwrap
 
 
 def test_padded_vocab_size():
-    assert padded_vocab_size(100, tiny_model(1, 1)) == 128
-    assert padded_vocab_size(128, tiny_model(2, 1)) == 128
-    assert padded_vocab_size(129, tiny_model(2, 1)) == 256
-    assert padded_vocab_size(50257, tiny_model(1, 1, make_vocab_size_divisible_by=128)) == 50304
-    with pytest.raises(ValueError):
-        padded_vocab_size(0, tiny_model())
+    assert padded_vocab_size(100, 64, 1) == 128
+    assert padded_vocab_size(128, 64, 2) == 128
+    assert padded_vocab_size(129, 64, 2) == 256
+    assert padded_vocab_size(50257, 128, 1) == 50304
+    assert padded_vocab_size(128256, 128, 8) == 129024
+    for args in ((0, 64, 1), (100, 0, 1), (100, 64, 0)):
+        with pytest.raises(ValueError):
+            padded_vocab_size(*args)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -23,10 +25,22 @@ def test_padded_vocab_size():
     ("context_parallel_size", 2, "context parallelism"),
 ])
 def test_unsupported_layouts_raise(field, value, match):
-    section = tiny_model(1, 1)
-    setattr(section, field, value)  # bypass the schema's own check: build_model must refuse it too
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    config = tiny_config(1, 1)
+    setattr(config, field, value)  # refused before any process group is consulted
     with pytest.raises(ValueError, match=match):
-        check_supported_layout(section)
+        check_supported_layout(config, get_gpt_layer_local_spec(), groups=None)
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(padded_vocab_size=0, max_sequence_length=8), "padded_vocab_size must be an integer >= 1"),
+    (dict(padded_vocab_size=128, max_sequence_length=0), "max_sequence_length must be an integer >= 1"),
+    (dict(padded_vocab_size=128, max_sequence_length=8, position_embedding_type="alibi"), "position_embedding_type"),
+])
+def test_gpt_options_validate_themselves(fields, match):
+    with pytest.raises(ValueError, match=match):
+        GPTOptions(**fields)
 
 
 def test_unwrap_rejects_foreign_modules():
@@ -41,7 +55,7 @@ def test_layout_errors(megatron_job):
     assert "not divisible" in (errors["world_not_divisible"] or "")
     assert "tensor_model_parallel_size=1" in (errors["tp_mismatch"] or "")
     assert "apex" in (errors["sequence_parallel_without_apex"] or "")
-    assert "method must be one of" in (errors["bad_method"] or "")
+    assert "padded_vocab_size 127 is not divisible by the tensor-parallel size 2" in (errors["vocab_not_divisible"] or "")
     assert "layout mismatch" in (errors["teacher_mismatch"] or "")
     assert errors["teacher_match"] is None
 

@@ -1,0 +1,100 @@
+"""The recipe's sections turned into the plain objects the layers below take.
+
+`nemo_mft.megatron` knows no recipe: it takes a megatron-core ``TransformerConfig``, a layer spec,
+`GPTOptions`, an ``OptimizerConfig`` and an `Objective`. These functions build them from the validated
+recipe (`nemo_mft.config.schema`); the training loop and the CLI call them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.optimizer import OptimizerConfig
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from nemo_mft.config.schema import ModelSection, OptimizerSection
+from nemo_mft.megatron.model import GPTOptions, padded_vocab_size
+
+__all__ = ["PARAMS_DTYPES", "transformer_config", "layer_spec", "gpt_options", "optimizer_config"]
+
+PARAMS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def transformer_config(model: ModelSection) -> TransformerConfig:
+    """megatron TransformerConfig for ``model``: per-token loss normalization, no fused kernels needing TE/apex.
+
+    ``calculate_per_token_loss=True``: the loss function returns (sum, token count) per micro-batch and
+    finalize_model_grads divides the gradients by the global token count.
+    """
+    dtype = PARAMS_DTYPES[model.params_dtype]
+    gated = model.activation == "swiglu"
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        ffn_hidden_size=model.ffn_hidden_size,
+        kv_channels=model.kv_channels,
+        normalization=model.normalization,
+        activation_func=F.silu if gated else F.gelu,
+        gated_linear_unit=gated,
+        add_bias_linear=model.add_bias_linear,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
+        init_method_std=model.init_method_std,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        pipeline_dtype=dtype,
+        tensor_model_parallel_size=model.tensor_model_parallel_size,
+        pipeline_model_parallel_size=model.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=model.virtual_pipeline_model_parallel_size,
+        context_parallel_size=model.context_parallel_size,
+        sequence_parallel=model.sequence_parallel,
+        calculate_per_token_loss=True,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        perform_initialization=True,
+        # Fusions off: they need TE/apex or torch.compile, which the local spec does not assume.
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+    )
+
+
+def layer_spec(model: ModelSection) -> ModuleSpec:
+    """megatron-core's local (no TransformerEngine) GPT layer spec for ``model``."""
+    return get_gpt_layer_local_spec(normalization=model.normalization)
+
+
+def gpt_options(model: ModelSection, *, vocab_size: int, seq_length: int) -> GPTOptions:
+    """GPTModel arguments for ``model`` over the tokenizer's ``vocab_size``, padded for the TP size."""
+    return GPTOptions(
+        padded_vocab_size=padded_vocab_size(vocab_size, model.make_vocab_size_divisible_by,
+                                            model.tensor_model_parallel_size),
+        max_sequence_length=seq_length,
+        position_embedding_type=model.position_embedding_type,
+        rotary_base=model.rotary_base,
+        share_embeddings_and_output_weights=model.share_embeddings_and_output_weights,
+    )
+
+
+def optimizer_config(optimizer: OptimizerSection, model: ModelSection) -> OptimizerConfig:
+    """megatron-core OptimizerConfig (bf16 parameters get fp32 main parameters; no distributed optimizer)."""
+    dtype = PARAMS_DTYPES[model.params_dtype]
+    return OptimizerConfig(
+        optimizer=optimizer.optimizer,
+        lr=optimizer.lr,
+        min_lr=optimizer.min_lr,
+        weight_decay=optimizer.weight_decay,
+        adam_beta1=optimizer.adam_beta1,
+        adam_beta2=optimizer.adam_beta2,
+        adam_eps=optimizer.adam_eps,
+        clip_grad=optimizer.clip_grad,
+        bf16=dtype == torch.bfloat16,
+        params_dtype=dtype,
+        use_distributed_optimizer=False,
+    )
