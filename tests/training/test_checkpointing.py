@@ -1,0 +1,40 @@
+"""nemo_mft.training.checkpointing on a real 2-rank gloo world (TP=2): save, latest, keep_last, exact
+resume, refusals, and a weights-only load of the TP=2 checkpoint into a TP=1 x DP=2 model."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def job(training_job):
+    return training_job["checkpoint"]
+
+
+def test_latest_and_keep_last(job):
+    assert job["paths"] == ["iter_0000001", "iter_0000002"]
+    assert job["saved_iterations"] == [2], "keep_last=1 deletes the older checkpoint"
+    assert job["tracker"] == 2 and job["resolved"] == "iter_0000002"
+    assert job["stale_file_gone"], "a stale directory of the same iteration is replaced, not merged"
+
+
+def test_resume_restores_everything_and_continues_exactly(job):
+    assert job["fresh_differs"], "the fresh model must start elsewhere, or the restore proves nothing"
+    assert job["weights_restored"] and job["lr_restored"] and job["rng_restored"]
+    assert job["common"] == {"iteration": 2, "consumed_samples": 8, "base": {"spec_ppl": 3.5, "gen_ppl": None},
+                             "method": "mft", "layout": [2, 1, 1]}
+    assert job["resume_exact"], "the next step after a resume must equal the uninterrupted run's, bit for bit"
+    assert job["teacher_unchanged"]
+
+
+def test_refusals_name_the_problem(job):
+    assert job["missing_pretrained"].startswith("FileNotFoundError: no checkpoint at ")
+    assert "names iteration 7, but" in job["tracker_to_missing_iteration"]
+    assert "missing or incomplete" in job["tracker_to_missing_iteration"]
+    assert "expected an iteration number, got 'latest'" in job["garbage_tracker"]
+    assert job["nothing_here"] is None and job["not_a_directory"] is None
+
+
+def test_weights_load_into_another_layout(job):
+    assert job["pretrained_into_tp1"], "the TP=2 checkpoint's full embedding must arrive whole in a TP=1 model"
+    assert job["teacher_synced"]
