@@ -1,7 +1,8 @@
 """nemo_mft.megatron.schedule: every method trains and evaluates through megatron's 1F1B on TP=2 x PP=2.
 
 Evaluation runs the student alone (stages exchange [S, B, H]); training with a teacher exchanges
-[S, 2B, H]. Reports are summed over micro-batches and DP ranks and identical on every rank.
+[S, B, 2H] (the schedule's adjust_tensor_shapes_fn). Reports are summed over micro-batches and DP ranks
+and identical on every rank.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import math
 import pytest
 
 from megatron_harness import NUM_MB
-
-METHODS = ("mft", "ft", "kd", "mft_incorrect_only", "kd_ce")
+from nemo_mft.methods import METHODS
 
 
 @pytest.mark.parametrize("method", METHODS)
