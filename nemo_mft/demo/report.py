@@ -11,7 +11,8 @@ __all__ = ["KEYS", "format_table", "read_eval_records", "plot_curves", "combine_
            "compare_at_matched_s"]
 
 KEYS = ("spec_ppl", "gen_ppl", "S", "DG", "DG_over_S")
-LABELS = {"base": "base", "ft": "FT", "mft": "MFT", "kd": "KD (tau=0)", "mft_incorrect_only": "MFT incorrect-only"}
+LABELS = {"base": "base", "ft": "FT", "mft": "MFT", "kd": "KD (q = p)", "mft_incorrect_only": "MFT incorrect-only",
+          "kd_ce": "KD+CE"}
 
 
 def _fmt(value: Optional[float], digits: int = 2) -> str:

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from nemo_mft.demo.corpora import CorpusUnavailable
 from nemo_mft.demo.pipeline import PROFILES, RunFailed, ensure_base_model, finetune, prepare_data, profile_dict
 from nemo_mft.demo.report import combine_summaries, compare_at_matched_s, format_table, plot_curves
+from nemo_mft.methods import METHODS
 
 __all__ = ["main", "run_demo"]
 
@@ -82,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="output directory (default: demo_out, or demo_out_smoke)")
     parser.add_argument("--cache", default=None, help="cache directory (default: OUT/cache)")
     parser.add_argument("--smoke", action="store_true", help="tiny model, a few iterations (CI)")
-    parser.add_argument("--methods", default="ft,mft", help="comma-separated methods (ft, mft, kd, mft_incorrect_only)")
+    parser.add_argument("--methods", default="ft,mft", help=f"comma-separated methods, of {', '.join(METHODS)}")
     parser.add_argument("--force-pretrain", action="store_true", help="retrain the base model even if cached")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads of the training runs (OMP_NUM_THREADS); 1 is faster on a busy machine")
@@ -91,10 +92,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the entry point's processes
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods: {', '.join(unknown) or 'none given'}; choose from {', '.join(METHODS)}")
     out = Path(args.out or ("demo_out_smoke" if args.smoke else "demo_out"))
     try:
         run_demo(out, cache=Path(args.cache) if args.cache else None, smoke=args.smoke,
-                 methods=[m for m in args.methods.split(",") if m], force_pretrain=args.force_pretrain,
+                 methods=methods, force_pretrain=args.force_pretrain,
                  corpora_dir=Path(args.corpora_dir) if args.corpora_dir else None,
                  finetune_overrides=args.overrides)
     except CorpusUnavailable as err:

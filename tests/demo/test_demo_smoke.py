@@ -54,3 +54,13 @@ def test_demo_smoke_end_to_end(tmp_path):
     again = json.loads((out / "summary.json").read_text())
     assert again["settings"]["base_reused"] is True
     assert math.isclose(again["mft"]["spec_ppl"], summary["mft"]["spec_ppl"], rel_tol=1e-4)
+
+
+def test_unknown_method_is_refused_before_anything_runs(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--smoke", "--out", str(tmp_path / "demo"), "--methods", "ft,lora"])
+    assert exit_info.value.code == 2
+    assert "--methods: lora; choose from mft, ft, kd, mft_incorrect_only, kd_ce" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
