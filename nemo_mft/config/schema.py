@@ -9,7 +9,7 @@ into these objects, whose `__post_init__` checks values, before any process grou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from omegaconf import MISSING
 
@@ -100,12 +100,17 @@ class TrainSection:
     # Stop after this iteration (saving a checkpoint first when checkpoint.save is set), like Megatron's
     # --exit-interval: splits a long run into jobs; the next job resumes with checkpoint.load.
     exit_interval: Optional[int] = None
+    # Stop (without saving) when an iteration's mean student cross-entropy exceeds this many times the
+    # first iteration's; null disables it. A non-finite loss or gradient norm always stops the run.
+    divergence_factor: Optional[float] = 10.0
 
     def __post_init__(self) -> None:
         _positive("train", train_iters=self.train_iters, global_batch_size=self.global_batch_size,
                   micro_batch_size=self.micro_batch_size)
         _require(self.exit_interval is None or self.exit_interval >= 1,
                  f"train.exit_interval must be null or >= 1, got {self.exit_interval!r}")
+        _require(self.divergence_factor is None or self.divergence_factor > 1.0,
+                 f"train.divergence_factor must be null or > 1, got {self.divergence_factor!r}")
         _require(self.global_batch_size % self.micro_batch_size == 0,
                  f"train.global_batch_size {self.global_batch_size} must be a multiple of micro_batch_size "
                  f"{self.micro_batch_size}")
@@ -182,6 +187,9 @@ class CheckpointSection:
     save_interval: Optional[int] = None  # null: only at the end
     load: Optional[str] = None  # full resume: model, optimizer, scheduler, RNG, data position
     keep_last: int = 2
+    # Recipe keys a resume may change although they change the training math (e.g. [optimizer.lr]); a
+    # section name allows all its keys. Every other change of the math is refused on resume.
+    resume_allow_changes: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _require(self.save_interval is None or self.save_interval >= 1,

@@ -17,6 +17,8 @@ Hydra's own run directory, chdir and logging set-up are switched off (``hydra.ru
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -91,12 +93,13 @@ def _error(message: str) -> None:
     sys.exit(_EXIT_SETUP_ERROR)
 
 
-def _task(cfg) -> None:
+def _task(cfg, argv: Sequence[str]) -> None:
+    """Validate and run the composed recipe; ``argv``: the user's `finetune` arguments (for a resume hint)."""
     from omegaconf import OmegaConf
 
     from nemo_mft.config import validate_config
     from nemo_mft.megatron import megatron_on_cpu
-    from nemo_mft.training.loop import SetupError, run_finetune
+    from nemo_mft.training.loop import RunFailed, RunInterrupted, run_finetune
 
     try:
         config = validate_config(cfg)
@@ -105,8 +108,43 @@ def _task(cfg) -> None:
     try:
         with megatron_on_cpu():
             run_finetune(config, resolved_yaml=OmegaConf.to_yaml(cfg, resolve=True))
-    except SetupError as err:
+    except RunFailed as err:
         _error(str(err))
+    except RunInterrupted as stop:
+        _stopped(stop, argv)
+    except KeyboardInterrupt:
+        print(f"{PROG} finetune: interrupted before training started; nothing was saved", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+
+
+def resume_command(argv: Sequence[str], checkpoint_save: str) -> str:
+    """The command that resumes this run: the same arguments with ``checkpoint.load=SAVE`` (replacing any
+    earlier checkpoint.load), under torchrun with the same process count when there were several."""
+    args = [a for a in argv if not a.lstrip("+").startswith("checkpoint.load=")]
+    args.append(f"checkpoint.load={checkpoint_save}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if world == 1:
+        launcher = f"{PROG} finetune"
+    elif local == world:
+        launcher = f"torchrun --standalone --nproc_per_node={world} -m nemo_mft.finetune"
+    else:
+        launcher = "<your multi-node launcher> -m nemo_mft.finetune"
+    return " ".join([launcher, *(shlex.quote(a) for a in args)])
+
+
+def _stopped(stop, argv: Sequence[str]) -> None:
+    """One line for a run stopped by SIGINT/SIGTERM, then exit 128 + the signal (130 / 143)."""
+    name = signal.Signals(stop.signum).name
+    if stop.checkpoint is not None:
+        message = (f"{PROG} finetune: stopped by {name} after iteration {stop.iteration}; checkpoint "
+                   f"{stop.checkpoint} saved; resume with: {resume_command(argv, os.path.dirname(stop.checkpoint))}")
+    else:
+        message = (f"{PROG} finetune: stopped by {name} after iteration {stop.iteration}; no checkpoint.save is "
+                   "set, so this run cannot be resumed")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr)
+    sys.exit(128 + stop.signum)
 
 
 def quiet_import_warnings() -> None:
@@ -138,7 +176,11 @@ def finetune_main(argv: Optional[Sequence[str]] = None) -> None:
         _error(f"no recipe directory found: pass --config-path or set {CONFIG_DIR_ENV}")
 
     register_schema()
-    app = hydra.main(version_base=None, config_path=config_dir, config_name=None)(_task)
+
+    def task(cfg) -> None:
+        _task(cfg, argv)
+
+    app = hydra.main(version_base=None, config_path=config_dir, config_name=None)(task)
     saved_argv = sys.argv
     sys.argv = [f"{PROG} finetune", *hydra_argv(argv)]
     try:

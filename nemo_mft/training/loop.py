@@ -1,16 +1,21 @@
 """One finetuning run, start to end: checks, set-up, the training loop, evaluation, checkpoints, summary.
 
 Order (every rank):
-1. Checks that need nothing distributed: parallel layout vs ``WORLD_SIZE``, checkpoint / log directories,
-   data (file:line errors), tokenizer. Any failure raises :class:`SetupError` before a process group or a
-   model exists.
+1. Checks that need nothing distributed: parallel layout vs ``WORLD_SIZE``, options this machine cannot
+   run, checkpoint / log directories, data (file:line errors), tokenizer and, on resume, that the recipe
+   still describes the checkpoint's training problem (`resume_check`). Any failure raises
+   :class:`SetupError` before a process group or a model exists, and before anything is written.
 2. Process groups (gloo on CPU, nccl on GPU), the model chunks of this pipeline stage (student + frozen
    teacher), the pretrained weights (then teacher := student), megatron DDP, optimizer, LR scheduler,
-   and, when resuming, model / optimizer / scheduler / RNG / iteration / data position.
+   and, when resuming, model / optimizer / scheduler / RNG / iteration / data position. Only then does
+   global rank 0 lock the run's directories and write to them.
 3. Iterations 1..train_iters. Iteration ``i`` consumes global batch ``i - 1`` of the seeded data stream.
    Evaluation at iteration 0 (the base model, skipped on resume: the base perplexities come from the
    checkpoint), every ``evaluation.eval_interval`` and at the end; a checkpoint every
-   ``checkpoint.save_interval``, at ``train.exit_interval`` and at the end.
+   ``checkpoint.save_interval``, at ``train.exit_interval`` and at the end. A diverged iteration
+   (`guards.DivergenceGuard`) stops the run before any checkpoint is written from it; SIGINT / SIGTERM stop
+   it after the current iteration, with a checkpoint when ``checkpoint.save`` is set
+   (:class:`RunInterrupted`).
 4. summary.json and curves.png in ``logger.log_dir`` (only when the last iteration was reached).
 
 metrics.jsonl gets one training record per ``logger.log_interval`` iterations (the values of that
@@ -19,9 +24,11 @@ iteration; ``tokens_per_s`` over the interval) and one evaluation record per eva
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -31,17 +38,30 @@ from nemo_mft.config.schema import FinetuneConfig
 from nemo_mft.data import MicroBatchSampler, num_microbatches, train_micro_batches
 from nemo_mft.training.checkpointing import load_checkpoint, load_pretrained_weights, save_checkpoint
 from nemo_mft.training.evaluation import Evaluator
+from nemo_mft.training.guards import DirectoryLock, DivergenceGuard, RunFailed, StopSignals, TrainingDiverged
 from nemo_mft.training.inputs import RunData, load_run_data
 from nemo_mft.training.reporting import Reporter, finite_or_none
+from nemo_mft.training.resume_check import changed_keys, fingerprint
 from nemo_mft.training.run_dir import RunPlan, plan_run, write_run_files, write_summary
 from nemo_mft.training.scheduler import build_scheduler
 from nemo_mft.training.specialization import Perplexities
 
 logger = logging.getLogger("nemo_mft")
 
+__all__ = ["RunFailed", "SetupError", "TrainingDiverged", "RunInterrupted", "CheckedRun", "check_run", "run_finetune"]
 
-class SetupError(ValueError):
+
+class SetupError(RunFailed):
     """The run cannot start: bad recipe value, layout, directory or data. Raised before anything is built."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after ``iteration``; ``checkpoint`` is the checkpoint that resumes
+    it (saved at the stop), or None when the run saves none (``checkpoint.save`` unset)."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: Optional[str]) -> None:
+        super().__init__(f"stopped by signal {signum} after iteration {iteration}")
+        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
 
 
 def world_size_from_env() -> int:
@@ -53,15 +73,57 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def check_run(config: FinetuneConfig) -> tuple[RunPlan, RunData, int]:
-    """Step 1 of the module docstring: ``(plan, data, dp_size)`` or :class:`SetupError`."""
+def _check_machine(config: FinetuneConfig) -> None:
+    """Options this machine cannot run, found before anything is built."""
+    if config.mft.impl == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("mft.impl=triton runs the fused kernels on a CUDA GPU, and this machine has none; use "
+                         "mft.impl=auto (Triton on GPUs, PyTorch elsewhere) or mft.impl=torch")
+    if config.model.params_dtype == "bf16" and not torch.cuda.is_available():
+        raise ValueError("model.params_dtype=bf16 needs a CUDA GPU (megatron's bf16 path); use fp32 on a CPU")
+
+
+def _check_resume(config: FinetuneConfig, plan: RunPlan, current: dict) -> bool:
+    """Refuse a resume whose recipe changes the training math of the checkpoint (`resume_check`); True when
+    the checkpoint stores a recipe to compare with (then the recipe's LR schedule is the checkpoint's, or a
+    change the recipe allows)."""
+    from megatron.core import dist_checkpointing
+
+    stored = dist_checkpointing.load_common_state_dict(plan.resume_from).get("recipe")
+    if stored is None:
+        logger.warning("%s stores no recipe (written by an older nemo-mft): the resumed recipe is not compared, "
+                       "and the checkpoint's learning-rate schedule is kept", plan.resume_from)
+        return False
+    changes = changed_keys(stored, current, config.checkpoint.resume_allow_changes)
+    if changes:
+        raise ValueError(f"checkpoint.load={config.checkpoint.load}: this recipe changes the training of the "
+                         f"checkpoint ({plan.resume_from}): " + "; ".join(changes) + ". Undo the changes, start a "
+                         "new run, or allow them with checkpoint.resume_allow_changes=[KEY,...]")
+    return True
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """What step 1 found: the directories' plan, the data, the recipe's fingerprint (stored in every
+    checkpoint) and whether the LR schedule follows the recipe on resume (see `_check_resume`)."""
+
+    plan: RunPlan
+    data: RunData
+    recipe: dict
+    schedule_from_recipe: bool
+
+
+def check_run(config: FinetuneConfig) -> CheckedRun:
+    """Step 1 of the module docstring, or :class:`SetupError`."""
     try:
-        dp_size = config.check_world(world_size_from_env())
+        config.check_world(world_size_from_env())
+        _check_machine(config)
         plan = plan_run(config)
         data = load_run_data(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        recipe = fingerprint(config)
+        schedule_from_recipe = plan.resume_from is None or _check_resume(config, plan, recipe)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as err:
         raise SetupError(str(err)) from err
-    return plan, data, dp_size
+    return CheckedRun(plan, data, recipe, schedule_from_recipe)
 
 
 def _configure_logging(rank: int) -> None:
@@ -82,7 +144,7 @@ def run_finetune(config: FinetuneConfig, resolved_yaml: Optional[str] = None) ->
     torch.distributed is initialized here when it is not already (and torn down again at the end). On a
     machine without CUDA, call it inside `nemo_mft.megatron.megatron_on_cpu` (the CLI does).
     """
-    plan, data, _ = check_run(config)
+    checked = check_run(config)
 
     import torch.distributed as dist
 
@@ -94,7 +156,7 @@ def run_finetune(config: FinetuneConfig, resolved_yaml: Optional[str] = None) ->
         layout = nm.initialize_parallel(config.model.tensor_model_parallel_size,
                                         config.model.pipeline_model_parallel_size, seed=config.train.seed)
         try:
-            return _run(config, plan, data, layout, resolved_yaml)
+            return _run(config, checked, layout, resolved_yaml)
         finally:
             nm.destroy_parallel()
     finally:
@@ -102,17 +164,35 @@ def run_finetune(config: FinetuneConfig, resolved_yaml: Optional[str] = None) ->
             dist.destroy_process_group()
 
 
-def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_yaml: Optional[str]):
-    from omegaconf import OmegaConf
+def _locks(config: FinetuneConfig, writer: bool) -> contextlib.ExitStack:
+    """Global rank 0 holds the run's log and checkpoint directories for the run (`guards.DirectoryLock`).
 
+    Collective: rank 0's verdict is broadcast, so that every rank raises the same :class:`RunFailed` when
+    another run holds a directory.
+    """
+    stack = contextlib.ExitStack()
+    verdict = [None]
+    if writer:
+        try:
+            for directory in dict.fromkeys(d for d in (config.logger.log_dir, config.checkpoint.save) if d):
+                stack.enter_context(DirectoryLock(directory))
+        except RunFailed as err:
+            stack.close()
+            verdict = [str(err)]
+    torch.distributed.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise RunFailed(verdict[0])
+    return stack
+
+
+def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Optional[str]):
     from nemo_mft import megatron as nm
 
+    plan, data = checked.plan, checked.data
     _configure_logging(layout.rank)
     writer = layout.rank == 0
-    train_cfg, ckpt_cfg, method = config.train, config.checkpoint, config.mft.method
-    seq_length, mbs, gbs = config.dataset.seq_length, train_cfg.micro_batch_size, train_cfg.global_batch_size
+    train_cfg, seq_length, gbs = config.train, config.dataset.seq_length, config.train.global_batch_size
     if writer:
-        write_run_files(config, plan, resolved_yaml or OmegaConf.to_yaml(OmegaConf.structured(config)))
         logger.info("layout tp=%d pp=%d dp=%d (world %d); %d training samples (%d of them replay), "
                     "%d validation samples, %s", layout.tp_size, layout.pp_size, layout.dp_size, layout.world_size,
                     len(data.train), data.num_replay, len(data.validation),
@@ -136,18 +216,45 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
     regularizer = nm.L2ToInitial(chunks, config.mft.l2_init_weight) if config.mft.l2_init_weight > 0 else None
     chunks = nm.wrap_with_ddp(chunks, groups)
     optimizer = nm.build_optimizer(chunks, builders.optimizer_config(config.optimizer, config.model), groups)
-    scheduler = build_scheduler(optimizer, config)
+    scheduler = build_scheduler(optimizer, config, follow_recipe=checked.schedule_from_recipe)
 
-    start_iteration, base, prior_time = 0, None, 0.0
+    start_iteration, base, prior_time, reference_ce = 0, None, 0.0, None
     if plan.resume_from is not None:
         state = load_checkpoint(plan.resume_from, chunks, optimizer, scheduler, layout)
         start_iteration, prior_time = int(state["iteration"]), float(state.get("train_time_s", 0.0))
         base = Perplexities(**{k: float("nan") if v is None else v for k, v in state["base"].items()})
+        reference_ce = state.get("initial_student_ce")
         if int(state["consumed_samples"]) != start_iteration * gbs:
             raise SetupError(f"{plan.resume_from}: consumed_samples {state['consumed_samples']} does not match "
                              f"iteration {start_iteration} x train.global_batch_size {gbs}; resuming with a "
                              "different global batch size is not supported")
         logger.info("resumed from %s at iteration %d", plan.resume_from, start_iteration)
+
+    # Everything that can refuse the run has run: now lock and write (a refused run changes no file).
+    with _locks(config, writer):
+        if writer:
+            write_run_files(config, plan, resolved_yaml or _to_yaml(config))
+        return _train(config, plan, data, checked.recipe, layout, chunks, optimizer, scheduler, regularizer,
+                      start_iteration=start_iteration, base=base, prior_time=prior_time, reference_ce=reference_ce)
+
+
+def _to_yaml(config: FinetuneConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def _train(config: FinetuneConfig, plan: RunPlan, data: RunData, recipe: dict, layout, chunks, optimizer, scheduler,
+           regularizer, *, start_iteration: int, base: Optional[Perplexities], prior_time: float,
+           reference_ce: Optional[float]):
+    """Steps 3 and 4 of the module docstring."""
+    from nemo_mft import megatron as nm
+
+    writer = layout.rank == 0
+    groups, objective = layout.groups, config.mft.objective
+    train_cfg, ckpt_cfg, method = config.train, config.checkpoint, config.mft.method
+    seq_length, mbs, gbs = config.dataset.seq_length, train_cfg.micro_batch_size, train_cfg.global_batch_size
+    vocab_size = data.tokenizer.vocab_size
 
     # ---- data, steps, evaluation
     dp_size = layout.dp_size
@@ -166,13 +273,16 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
         base = evaluator.evaluate(chunks)
         reporter.evaluation(0, base, base)
 
+    guard = DivergenceGuard(train_cfg.divergence_factor, method, reference_ce)
+
     def checkpoint(iteration: int, elapsed: float) -> str:
         # The common part of a checkpoint must be the same on every rank: take rank 0's clock.
         box = [elapsed]
         torch.distributed.broadcast_object_list(box, src=0)
         elapsed = box[0]
         base_ppl = {"spec_ppl": finite_or_none(base.spec_ppl), "gen_ppl": finite_or_none(base.gen_ppl)}
-        common = {"consumed_samples": iteration * gbs, "base": base_ppl, "train_time_s": elapsed, "method": method}
+        common = {"consumed_samples": iteration * gbs, "base": base_ppl, "train_time_s": elapsed, "method": method,
+                  "recipe": recipe, "initial_student_ce": guard.reference_ce}
         return save_checkpoint(ckpt_cfg.save, iteration, chunks, optimizer, scheduler, layout, common=common,
                                keep_last=ckpt_cfg.keep_last)
 
@@ -182,11 +292,12 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
     iteration = start_iteration
     loop_start = interval_start = time.perf_counter()
     interval_iters = 0
-    try:
+    with StopSignals() as stop, contextlib.closing(reporter):
         while iteration < train_cfg.train_iters:
             lr = _lr(optimizer)
             result = nm.train_step(train_step_fn, batches, chunks, optimizer, groups=groups, num_microbatches=n_micro,
                                    seq_length=seq_length, micro_batch_size=mbs, regularizer=regularizer)
+            guard.check(iteration + 1, result.reports, float(result.grad_norm), lr)
             scheduler.step(1)
             iteration += 1
             interval_iters += 1
@@ -205,10 +316,13 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
             eval_every = config.evaluation.eval_interval
             if is_last or (eval_every and iteration % eval_every == 0):
                 latest_eval = reporter.evaluation(iteration, base, evaluator.evaluate(chunks))
+            signum = None if is_last else stop.agreed()
             save_every = ckpt_cfg.save_interval
-            if ckpt_cfg.save and (is_last or exiting or (save_every and iteration % save_every == 0)):
+            if ckpt_cfg.save and (is_last or exiting or signum or (save_every and iteration % save_every == 0)):
                 last_saved = checkpoint(iteration, prior_time + time.perf_counter() - loop_start)
                 logger.info("saved checkpoint %s", last_saved)
+            if signum:
+                raise RunInterrupted(signum, iteration, last_saved if ckpt_cfg.save else None)
             if exiting:
                 logger.info("train.exit_interval: stopping after iteration %d; %s", iteration,
                             f"continue with checkpoint.load={ckpt_cfg.save}" if ckpt_cfg.save
@@ -216,8 +330,6 @@ def _run(config: FinetuneConfig, plan: RunPlan, data: RunData, layout, resolved_
                 return None
         if latest_eval is None:  # resumed at the last iteration: nothing ran, evaluate once (collective)
             latest_eval = reporter.evaluation(iteration, base, evaluator.evaluate(chunks))
-    finally:
-        reporter.close()
 
     train_time = prior_time + time.perf_counter() - loop_start
     if not writer:

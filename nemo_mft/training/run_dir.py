@@ -43,9 +43,26 @@ def _same_dir(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def check_writable_directory(path: str, what: str) -> None:
+    """NotADirectoryError / PermissionError unless ``path`` is, or can be created as, a writable directory."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{what}={path} is a file, not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"{what}={path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what}={path}: no permission to write into {existing}")
+
+
 def plan_run(config: FinetuneConfig) -> RunPlan:
-    """Check the run's directories (see the module docstring); raises FileNotFoundError / FileExistsError."""
+    """Check the run's directories (see the module docstring); raises FileNotFoundError / FileExistsError,
+    NotADirectoryError / PermissionError for a log or save path that cannot be a writable directory."""
     ckpt = config.checkpoint
+    check_writable_directory(config.logger.log_dir, "logger.log_dir")
+    if ckpt.save:
+        check_writable_directory(ckpt.save, "checkpoint.save")
     resume_from = None
     if ckpt.load:
         resume_from = resolve_checkpoint(ckpt.load)

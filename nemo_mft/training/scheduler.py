@@ -5,13 +5,15 @@ from __future__ import annotations
 from nemo_mft.config.schema import FinetuneConfig
 
 
-def build_scheduler(optimizer, config: FinetuneConfig):
+def build_scheduler(optimizer, config: FinetuneConfig, *, follow_recipe: bool = True):
     """An ``OptimizerParamScheduler`` stepped once per iteration (``scheduler.step(1)``).
 
     Linear warmup from 0 over ``scheduler.lr_warmup_iters``, then ``lr_decay_style`` from ``optimizer.lr``
     to ``optimizer.min_lr`` until ``scheduler.lr_decay_iters`` (default ``train.train_iters``). Weight
-    decay is constant. On resume, the checkpoint's schedule wins (megatron's
-    ``use_checkpoint_opt_param_scheduler``), so a resumed run follows the schedule it started with.
+    decay is constant. On resume (``load_state_dict``) the iteration count comes from the checkpoint, and
+    the schedule's values from the recipe when ``follow_recipe`` (the resume check has made sure they are
+    the checkpoint's, or a change the recipe allows: megatron's ``override_opt_param_scheduler``), else
+    from the checkpoint (``use_checkpoint_opt_param_scheduler``, for checkpoints without a stored recipe).
     """
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -29,6 +31,6 @@ def build_scheduler(optimizer, config: FinetuneConfig):
         end_wd=opt.weight_decay,
         wd_incr_steps=decay_iters,
         wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=True,
-        override_opt_param_scheduler=False,
+        use_checkpoint_opt_param_scheduler=not follow_recipe,
+        override_opt_param_scheduler=follow_recipe,
     )

@@ -119,7 +119,8 @@ def test_a_run_writes_its_record(runs):
     # Checkpoints: every 2 iterations, only the last kept, tracker and run marker beside them.
     ckpt = run / "ckpt"
     assert summary["checkpoint"] == str(ckpt / "iter_0000004")
-    assert sorted(os.listdir(ckpt)) == ["iter_0000004", "latest_checkpointed_iteration.txt", "nemo_mft_run.json"]
+    assert sorted(os.listdir(ckpt)) == [".nemo_mft.lock", "iter_0000004", "latest_checkpointed_iteration.txt",
+                                        "nemo_mft_run.json"]
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
 
 

@@ -74,19 +74,32 @@ def test_weight_decay_is_constant():
         scheduler.step(1)
 
 
-def test_resumed_schedule_continues_exactly():
-    """A scheduler restored from another's state_dict at iteration 7 gives the same rates from there on,
-    even when the new recipe asks for another peak (the checkpoint's schedule wins)."""
-    reference = _trace(_config("cosine"), ITERS)
+def _resumed_at(step: int, config: FinetuneConfig, follow_recipe: bool) -> torch.optim.Optimizer:
     first = _optimizer()
     scheduler = build_scheduler(first, _config("cosine"))
-    scheduler.step(7)
-    state = scheduler.state_dict()
+    scheduler.step(step)
     second = _optimizer()
+    resumed = build_scheduler(second, config, follow_recipe=follow_recipe)
+    resumed.load_state_dict(scheduler.state_dict())
+    return second, resumed
+
+
+def test_resumed_schedule_continues_exactly():
+    """A scheduler restored from another's state_dict at iteration 7 gives the same rates from there on."""
+    reference = _trace(_config("cosine"), ITERS)
+    optimizer, resumed = _resumed_at(7, _config("cosine"), follow_recipe=True)
+    for k in range(7, ITERS):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(reference[k], rel=1e-12), k
+        resumed.step(1)
+
+
+@pytest.mark.parametrize("follow_recipe", [True, False])
+def test_changed_peak_on_resume(follow_recipe):
+    """An allowed change of optimizer.lr takes effect from the resumed iteration (follow_recipe); a
+    checkpoint without a stored recipe keeps its own schedule."""
     changed = _config("cosine")
     changed.optimizer.lr = 5e-3
-    resumed = build_scheduler(second, changed)
-    resumed.load_state_dict(state)
-    for k in range(7, ITERS):
-        assert second.param_groups[0]["lr"] == pytest.approx(reference[k], rel=1e-12), k
-        resumed.step(1)
+    optimizer, _ = _resumed_at(7, changed, follow_recipe=follow_recipe)
+    peak = 5e-3 if follow_recipe else LR
+    expected = MIN_LR + (peak - MIN_LR) * 0.5 * (math.cos(math.pi * (7 - WARMUP) / (ITERS - WARMUP)) + 1.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)

@@ -1,0 +1,93 @@
+"""Resume safety: a resumed run must train the same problem as the run that wrote the checkpoint.
+
+Every checkpoint stores the run's recipe and the sha256 of its data files (:func:`fingerprint`). On resume
+the new recipe's fingerprint is compared with the stored one (:func:`changed_keys`) before anything is
+built or written: a change of the training math is refused with the list of differing keys, unless the
+recipe names those keys in ``checkpoint.resume_allow_changes``.
+
+What is compared: everything except the keys in :data:`FREE_KEYS`, which do not change the math (where
+the run logs and saves, how often it evaluates, the kernel choice, the parallel layout, which
+dist-checkpointing reshards) or whose content is compared through a hash instead (data file paths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Iterable, Optional
+
+from nemo_mft.config.schema import FinetuneConfig
+
+__all__ = ["FREE_KEYS", "fingerprint", "changed_keys", "file_sha256"]
+
+# Exact keys or whole sections ("logger") that a resume may change freely.
+FREE_KEYS = (
+    "logger", "checkpoint",
+    "train.exit_interval", "train.micro_batch_size", "train.train_iters",
+    "evaluation.eval_interval",
+    "mft.impl", "mft.inplace_grad",
+    "model.tensor_model_parallel_size", "model.pipeline_model_parallel_size", "model.sequence_parallel",
+    "dataset.dataset_root", "dataset.replay_data", "evaluation.general_data", "tokenizer.path",
+)
+
+
+def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: tree}
+
+
+def _data_files(config: FinetuneConfig) -> dict[str, Optional[str]]:
+    from nemo_mft.training.inputs import TRAIN_FILE, VALIDATION_FILE
+
+    root = config.dataset.dataset_root
+    tokenizer = config.tokenizer.path if config.tokenizer.type == "huggingface" else None
+    return {"training": os.path.join(root, TRAIN_FILE), "validation": os.path.join(root, VALIDATION_FILE),
+            "replay": config.dataset.replay_data if config.dataset.replay_fraction > 0 else None,
+            "general": config.evaluation.general_data, "tokenizer": tokenizer}
+
+
+def fingerprint(config: FinetuneConfig) -> dict[str, Any]:
+    """The flat recipe (``section.key`` -> value), the effective LR decay length, and ``data.<role>`` ->
+    sha256 of each data file (None when the role is unused). Plain JSON-able values."""
+    from omegaconf import OmegaConf
+
+    flat = _flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+    # The schedule's length: scheduler.lr_decay_iters, or train.train_iters when that is null.
+    flat["scheduler.lr_decay_iters"] = config.scheduler.lr_decay_iters or config.train.train_iters
+    for role, path in _data_files(config).items():
+        flat[f"data.{role}"] = None if not path else file_sha256(path)
+    return flat
+
+
+def _is_free(key: str, allowed: Iterable[str]) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in (*FREE_KEYS, *allowed))
+
+
+def changed_keys(stored: dict[str, Any], current: dict[str, Any], allowed: Iterable[str] = ()) -> list[str]:
+    """``key: stored -> current`` for every compared key whose value differs (sorted), the allowed ones
+    and :data:`FREE_KEYS` excepted. A key present on one side only counts as changed."""
+    allowed = tuple(allowed)
+    changes = []
+    for key in sorted(set(stored) | set(current)):
+        if _is_free(key, allowed):
+            continue
+        before, after = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if before != after:
+            if key.startswith("data."):
+                before, after = (v[:12] if isinstance(v, str) and len(v) == 64 else v for v in (before, after))
+                key = f"{key} (sha256)"
+            changes.append(f"{key}: {before!r} -> {after!r}")
+    return changes
