@@ -105,25 +105,34 @@ def _raw_lines(path: str) -> Iterator[tuple[int, bytes]]:
         raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+def _decode_line(raw: bytes, lineno: int) -> tuple[Optional[str], Optional[str]]:
+    """``(text, None)`` for valid UTF-8 (a leading BOM dropped on line 1), else ``(None, why)``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"invalid UTF-8: {exc}"
+    return (text.lstrip("\ufeff") if lineno == 1 else text), None
+
+
 def read_jsonl_rows(path: str) -> list[Row]:
-    """All rows of a jsonl file, in file order. See the module docstring for formats and errors."""
+    """All rows of a jsonl file, in file order. See the module docstring for formats and errors.
+
+    The error names the first problem in file order (a blank line counts as one once a row follows it).
+    """
     path = str(path)
     rows: list[Row] = []
     blank_line: Optional[int] = None  # first blank line seen since the last row
     for lineno, raw in _raw_lines(path):
         where = f"{path}:{lineno}"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{where}: invalid UTF-8: {exc}") from None
-        if lineno == 1:
-            text = text.lstrip("\ufeff")
-        if not text.strip():
+        text, invalid = _decode_line(raw, lineno)
+        if text is not None and not text.strip():
             if blank_line is None:
                 blank_line = lineno
             continue
         if blank_line is not None:
             raise ValueError(f"{path}:{blank_line}: empty line in the middle of the file")
+        if invalid is not None:
+            raise ValueError(f"{where}: {invalid}")
         rows.append(parse_row(_decode_json(text, where), where, lineno))
     if not rows:
         raise ValueError(f"{path}: no rows (the file is empty or blank)")

@@ -89,3 +89,11 @@ def test_a_paired_surrogate_escape_is_fine(tmp_path):
 def test_unreadable_path_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: cannot read")):
         read_jsonl_rows(str(tmp_path))
+
+
+def test_the_first_problem_in_file_order_is_named(tmp_path):
+    # A blank line followed by invalid UTF-8: the blank line comes first (found by the fuzz tests).
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "a"}\n\n\xff{"text": "b"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: empty line in the middle")):
+        read_jsonl_rows(str(path))
