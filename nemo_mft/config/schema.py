@@ -149,6 +149,10 @@ class SchedulerSection:
         _require(self.lr_warmup_iters >= 0, f"scheduler.lr_warmup_iters must be >= 0, got {self.lr_warmup_iters!r}")
 
 
+# The values of dataset.on_overflow (nemo_mft.data.samples.OVERFLOW_POLICIES; config sits below data).
+OVERFLOW_POLICIES = ("truncate", "drop", "error")
+
+
 @dataclass
 class DatasetSection:
     dataset_root: str = MISSING  # directory with training.jsonl and validation.jsonl
@@ -159,9 +163,20 @@ class DatasetSection:
     # beside n domain rows, a seeded subset of the file.
     replay_data: Optional[str] = None
     replay_fraction: float = 0.0
+    # Rows longer than seq_length + 1 tokens (training, replay and validation files): truncate (keep the
+    # start, counted), drop (leave them out, counted) or error (refuse the dataset, naming the first line).
+    on_overflow: str = "truncate"
+    # A training or replay file in which more than this share of the kept rows has no answer token with
+    # loss (prompt filling the window, empty answer) is refused; 1.0 never refuses.
+    max_no_loss_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _positive("dataset", seq_length=self.seq_length)
+        _require(self.on_overflow in OVERFLOW_POLICIES,
+                 f"dataset.on_overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {self.on_overflow!r}")
+        fraction = self.max_no_loss_fraction
+        _require(isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0.0 <= fraction <= 1.0,
+                 f"dataset.max_no_loss_fraction must be a number in [0, 1], got {fraction!r}")
         _require(self.max_samples is None or (isinstance(self.max_samples, int) and self.max_samples >= 1),
                  f"dataset.max_samples must be null or an integer >= 1, got {self.max_samples!r}")
         _require(0.0 <= self.replay_fraction < 1.0,

@@ -7,14 +7,23 @@ Typical use by an entry point::
     sampler = MicroBatchSampler(len(train), mbs, dp_rank, dp_size, seed)
     it = train_micro_batches(train, sampler, consumed_samples)   # next(it) -> {tokens, labels, loss_mask, position_ids}
     general = build_text_eval_dataset(path, tok, S, max_windows=64)
+    train.accounting[0].summary()   # rows read / kept / truncated / dropped / without loss, first lines
     for batch in eval_micro_batches(general, mbs, dp_rank, dp_size): ...
 """
 
+from nemo_mft.data.accounting import FileAccounting
 from nemo_mft.data.batching import collate, eval_micro_batches, train_micro_batches
 from nemo_mft.data.jsonl import Row, read_jsonl_rows
 from nemo_mft.data.sampler import MicroBatchSampler, num_microbatches
-from nemo_mft.data.samples import TokenizedDataset, build_sft_dataset, concat_datasets, pack_sample
-from nemo_mft.data.shuffle import select_subset
+from nemo_mft.data.samples import (
+    OVERFLOW_POLICIES,
+    TokenizedDataset,
+    build_sft_dataset,
+    concat_datasets,
+    pack_sample,
+    scored_answer_tokens,
+)
+from nemo_mft.data.shuffle import select_subset, subset_order
 from nemo_mft.data.tokenizers import (
     ByteTokenizer,
     HuggingFaceTokenizer,
@@ -26,8 +35,10 @@ from nemo_mft.data.windows import build_text_eval_dataset
 
 __all__ = [
     "ByteTokenizer",
+    "FileAccounting",
     "HuggingFaceTokenizer",
     "MicroBatchSampler",
+    "OVERFLOW_POLICIES",
     "Row",
     "TokenizedDataset",
     "Tokenizer",
@@ -40,7 +51,9 @@ __all__ = [
     "num_microbatches",
     "pack_sample",
     "read_jsonl_rows",
+    "scored_answer_tokens",
     "select_subset",
+    "subset_order",
     "train_bpe_tokenizer",
     "train_micro_batches",
 ]

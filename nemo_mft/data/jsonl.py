@@ -15,16 +15,20 @@ Other keys (``"id"``, ``"category"``, ...) are ignored. Prompt and answer are us
 separator or template belongs in the data. Chat rows (``{"messages": [...]}``) are not supported.
 
 Every problem raises ``ValueError("<path>:<line>: <what>")`` (1-based line numbers): invalid JSON or
-UTF-8, a line that is not a JSON object, missing keys, keys of two formats in one row, a non-string
-value, and a blank line followed by more rows. Blank lines at the end of the file are fine; a file
-with no rows raises ``ValueError("<path>: no rows ...")``.
+UTF-8 (JSON nested too deeply or a number Python will not convert included), a line that is not a JSON
+object, missing keys, keys of two formats in one row, a non-string value, a string that is not valid
+Unicode (a lone ``\\udXXX`` surrogate escape, which no tokenizer can encode), and a blank line followed by
+more rows. Blank lines at the end of the file are fine; a file with no rows raises
+``ValueError("<path>: no rows ...")``. A missing file raises ``FileNotFoundError``; one that cannot be
+read (a directory, no permission) ``ValueError("<path>: cannot read ...")``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 __all__ = ["Row", "FORMATS", "read_jsonl_rows", "parse_row"]
 
@@ -36,6 +40,7 @@ FORMATS: dict[str, tuple[Optional[str], str]] = {
 }
 _FORMAT_KEYS = {name: {k for k in keys if k is not None} for name, keys in FORMATS.items()}
 _ALL_KEYS = set().union(*_FORMAT_KEYS.values())
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -68,35 +73,67 @@ def parse_row(obj: object, where: str, line: int) -> Row:
     for key in sorted(_FORMAT_KEYS[fmt]):
         if not isinstance(obj[key], str):
             raise ValueError(f"{where}: value of {key!r} must be a string, got {type(obj[key]).__name__}")
+        surrogate = _SURROGATE.search(obj[key])
+        if surrogate:
+            raise ValueError(f"{where}: value of {key!r} is not valid Unicode: lone surrogate "
+                             f"\\u{ord(surrogate.group()):04x} at character {surrogate.start()}")
     prompt_key, answer_key = FORMATS[fmt]
     return Row(prompt=obj[prompt_key] if prompt_key else "", answer=obj[answer_key], format=fmt, line=line)
 
 
+def _decode_json(text: str, where: str) -> object:
+    """``json.loads(text)``, every failure turned into ``ValueError("<where>: ...")``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # valid JSON Python refuses, e.g. an integer of more than 4300 digits
+        raise ValueError(f"{where}: unsupported JSON value: {exc}") from None
+
+
+def _raw_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, raw bytes)`` of a file; an unreadable file is a ``ValueError`` (missing:
+    ``FileNotFoundError``)."""
+    try:
+        with open(path, "rb") as f:
+            yield from enumerate(f, start=1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _decode_line(raw: bytes, lineno: int) -> tuple[Optional[str], Optional[str]]:
+    """``(text, None)`` for valid UTF-8 (a leading BOM dropped on line 1), else ``(None, why)``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"invalid UTF-8: {exc}"
+    return (text.lstrip("\ufeff") if lineno == 1 else text), None
+
+
 def read_jsonl_rows(path: str) -> list[Row]:
-    """All rows of a jsonl file, in file order. See the module docstring for formats and errors."""
+    """All rows of a jsonl file, in file order. See the module docstring for formats and errors.
+
+    The error names the first problem in file order (a blank line counts as one once a row follows it).
+    """
     path = str(path)
     rows: list[Row] = []
     blank_line: Optional[int] = None  # first blank line seen since the last row
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{where}: invalid UTF-8: {exc}") from None
-            if lineno == 1:
-                text = text.lstrip("\ufeff")
-            if not text.strip():
-                if blank_line is None:
-                    blank_line = lineno
-                continue
-            if blank_line is not None:
-                raise ValueError(f"{path}:{blank_line}: empty line in the middle of the file")
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-            rows.append(parse_row(obj, where, lineno))
+    for lineno, raw in _raw_lines(path):
+        where = f"{path}:{lineno}"
+        text, invalid = _decode_line(raw, lineno)
+        if text is not None and not text.strip():
+            if blank_line is None:
+                blank_line = lineno
+            continue
+        if blank_line is not None:
+            raise ValueError(f"{path}:{blank_line}: empty line in the middle of the file")
+        if invalid is not None:
+            raise ValueError(f"{where}: {invalid}")
+        rows.append(parse_row(_decode_json(text, where), where, lineno))
     if not rows:
         raise ValueError(f"{path}: no rows (the file is empty or blank)")
     return rows

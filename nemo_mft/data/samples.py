@@ -21,9 +21,14 @@ Prompt and answer are tokenized separately and concatenated (no merge across the
 NeMo's SFT datasets, so the boundary is exact in token space.
 
 Too long (``L > S + 1``): ``on_overflow="truncate"`` (default) keeps the first ``S + 1`` tokens of
-``full`` (the prompt start is kept; the end of the answer and the eos are lost) and counts the sample in
-``num_truncated``; a prompt that fills the whole window leaves a sample with no loss, counted in
-``num_without_loss``. ``on_overflow="error"`` raises ``ValueError`` naming the file and line instead.
+``full`` (the prompt start is kept; the end of the answer and the eos are lost) and counts the row as
+truncated; ``on_overflow="drop"`` leaves the row out (counted as dropped; under a ``max_samples`` budget the
+next row of the seeded order takes its place); ``on_overflow="error"`` raises one ``ValueError`` naming how
+many rows are too long and the first one as ``file:line``.
+
+A row whose window holds no answer token with loss (the prompt fills the window, or the answer is empty, so
+that only the eos is scored) is kept and counted as without loss. The counts travel with the dataset as a
+:class:`~nemo_mft.data.accounting.FileAccounting` per file (``TokenizedDataset.accounting``).
 """
 
 from __future__ import annotations
@@ -33,13 +38,21 @@ from typing import Optional, Sequence
 
 import torch
 
+from nemo_mft.data.accounting import FileAccounting
 from nemo_mft.data.jsonl import Row, read_jsonl_rows
-from nemo_mft.data.shuffle import select_subset
+from nemo_mft.data.shuffle import subset_order
 from nemo_mft.data.tokenizers import Tokenizer
 
-__all__ = ["OVERFLOW_POLICIES", "pack_sample", "TokenizedDataset", "build_sft_dataset", "concat_datasets"]
+__all__ = [
+    "OVERFLOW_POLICIES",
+    "pack_sample",
+    "scored_answer_tokens",
+    "TokenizedDataset",
+    "build_sft_dataset",
+    "concat_datasets",
+]
 
-OVERFLOW_POLICIES = ("truncate", "error")
+OVERFLOW_POLICIES = ("truncate", "drop", "error")
 
 
 def pack_sample(
@@ -78,25 +91,37 @@ def pack_sample(
     return tokens, labels, loss_mask, truncated
 
 
+def scored_answer_tokens(head_length: int, answer_length: int, seq_length: int) -> int:
+    """How many answer tokens are labels with loss in the sample :func:`pack_sample` lays out.
+
+    ``head_length``: bos + prompt tokens; ``answer_length``: answer tokens (the eos excluded). The answer
+    occupies ``full[head_length : head_length + answer_length]``; labels are ``full[1 : L']`` with
+    ``L' = min(head_length + answer_length + 1, seq_length + 1)``.
+    """
+    kept = min(head_length + answer_length + 1, seq_length + 1)
+    return max(0, min(head_length + answer_length, kept) - max(head_length, 1))
+
+
 @dataclass
 class TokenizedDataset:
     """An in-memory set of ``N`` fixed-length samples; ``dataset[i]`` is a dict of ``[S]`` tensors.
 
     Fields: ``tokens``, ``labels`` ``[N, S]`` int64; ``loss_mask`` ``[N, S]`` float32;
     ``source_lines``: the 1-based jsonl line of each sample (or, for evaluation windows, the window
-    index); counters ``num_truncated`` and ``num_without_loss`` (samples whose loss_mask is all 0).
+    index); ``accounting``: one :class:`FileAccounting` per source file, in the order of the samples.
+    The counters ``num_truncated``, ``num_dropped`` and ``num_without_loss`` add up the files' rows.
     """
 
     tokens: torch.Tensor
     labels: torch.Tensor
     loss_mask: torch.Tensor
     source_lines: list[int] = field(default_factory=list)
-    num_truncated: int = 0
-    num_without_loss: int = 0
+    accounting: tuple[FileAccounting, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tokens.dim() != 2 or self.tokens.shape != self.labels.shape or self.tokens.shape != self.loss_mask.shape:
             raise ValueError("tokens, labels and loss_mask must all be [N, S]")
+        self.accounting = tuple(self.accounting)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -109,6 +134,21 @@ class TokenizedDataset:
     def num_loss_tokens(self) -> int:
         """Total number of positions with loss (the tokens a perplexity is computed over)."""
         return int(self.loss_mask.sum().item())
+
+    @property
+    def num_truncated(self) -> int:
+        """Kept rows cut to ``seq_length + 1`` tokens, over all source files."""
+        return sum(a.truncated for a in self.accounting)
+
+    @property
+    def num_dropped(self) -> int:
+        """Rows left out as too long (``on_overflow="drop"``), over all source files."""
+        return sum(a.dropped for a in self.accounting)
+
+    @property
+    def num_without_loss(self) -> int:
+        """Kept rows in which no answer token gets loss, over all source files."""
+        return sum(a.without_loss for a in self.accounting)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """``{tokens [S], labels [S], loss_mask [S] float32, position_ids [S]}``."""
@@ -127,6 +167,74 @@ def _stack(samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], seq_l
     return tuple(torch.stack(parts) for parts in zip(*samples))
 
 
+@dataclass(frozen=True)
+class _Packed:
+    """One row laid out: its ``[S]`` tensors, whether it was cut, and how many answer tokens get loss."""
+
+    index: int  # position of the row in the file's row list
+    line: int
+    tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    truncated: bool
+    answer_scored: int
+
+
+def _pack_row(row: Row, index: int, tokenizer: Tokenizer, seq_length: int, bos_id: Optional[int]) -> _Packed:
+    """Tokenize one row and lay it out with :func:`pack_sample`."""
+    prompt_ids = tokenizer.encode(row.prompt) if row.prompt else []
+    answer_ids = tokenizer.encode(row.answer) if row.answer else []
+    tokens, labels, loss_mask, truncated = pack_sample(
+        prompt_ids, answer_ids, seq_length=seq_length, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id,
+        bos_id=bos_id)
+    head_length = len(prompt_ids) + (bos_id is not None)
+    return _Packed(index, row.line, (tokens, labels, loss_mask), truncated,
+                   scored_answer_tokens(head_length, len(answer_ids), seq_length))
+
+
+def _take_rows(rows: list[Row], order: list[int], budget: Optional[int], pack, *,
+               drop: bool) -> tuple[list[_Packed], list[int]]:
+    """Pack rows in ``order`` until ``budget`` are kept (all of ``order`` when ``None``).
+
+    With ``drop``, a row that would be cut is left out and the next one in ``order`` is taken instead.
+    Returns ``(kept samples in file order, lines of the dropped rows)``.
+    """
+    kept: list[_Packed] = []
+    dropped: list[int] = []
+    for index in order:
+        if budget is not None and len(kept) >= budget:
+            break
+        sample = pack(rows[index], index)
+        if drop and sample.truncated:
+            dropped.append(sample.line)
+            continue
+        kept.append(sample)
+    kept.sort(key=lambda s: s.index)
+    return kept, dropped
+
+
+def _first(lines: list[int]) -> Optional[int]:
+    return min(lines) if lines else None
+
+
+def _account(path: str, role: str, rows_read: int, kept: list[_Packed], dropped: list[int],
+             loss_tokens: int) -> FileAccounting:
+    """The :class:`FileAccounting` of one file from its kept samples and dropped lines."""
+    truncated = [s.line for s in kept if s.truncated]
+    without_loss = [s.line for s in kept if s.answer_scored == 0]
+    return FileAccounting(
+        path=path, role=role, rows_read=rows_read, rows_kept=len(kept),
+        truncated=len(truncated), dropped=len(dropped), without_loss=len(without_loss),
+        first_truncated=_first(truncated), first_dropped=_first(dropped), first_without_loss=_first(without_loss),
+        loss_tokens=loss_tokens)
+
+
+def _overflow_error(accounting: FileAccounting, seq_length: int) -> ValueError:
+    """The one error ``on_overflow="error"`` raises: how many rows are too long, and the first one."""
+    return ValueError(
+        f"{accounting.where(accounting.first_truncated)}: {accounting.truncated} of {accounting.rows_kept} rows "
+        f"are longer than seq_length + 1 = {seq_length + 1} tokens (this is the first); on_overflow='error' "
+        f"refuses to cut them (use 'truncate' or 'drop', or raise seq_length)")
+
+
 def build_sft_dataset(
     path: str,
     tokenizer: Tokenizer,
@@ -136,6 +244,7 @@ def build_sft_dataset(
     seed: int = 0,
     add_bos: bool = True,
     on_overflow: str = "truncate",
+    role: str = "train",
 ) -> TokenizedDataset:
     """Read a jsonl file (any of the three formats) into fixed-length samples.
 
@@ -148,42 +257,35 @@ def build_sft_dataset(
             is stable for a seed. Fewer rows than ``max_samples`` keeps them all.
         seed: seed of the ``max_samples`` subset (independent of the training-order shuffle).
         add_bos: prepend the tokenizer's bos; an error if it has none (pass ``add_bos=False``).
-        on_overflow: ``"truncate"`` or ``"error"``, for rows longer than ``seq_length + 1`` tokens.
+        on_overflow: ``"truncate"``, ``"drop"`` or ``"error"``, for rows longer than ``seq_length + 1``
+            tokens (see the module docstring).
+        role: the file's role, recorded in its :class:`FileAccounting` (``train``, ``replay``, ...).
     Returns:
-        A :class:`TokenizedDataset` of ``min(rows, max_samples)`` samples.
+        A :class:`TokenizedDataset` of ``min(rows, max_samples)`` samples (fewer when rows are dropped
+        and the file has no others to take their place), with one :class:`FileAccounting`.
     """
     if on_overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"on_overflow must be one of {list(OVERFLOW_POLICIES)}, got {on_overflow!r}")
     if add_bos and tokenizer.bos_id is None:
         raise ValueError(f"{tokenizer!r} has no bos token; use add_bos=False")
+    path = str(path)
     rows: list[Row] = read_jsonl_rows(path)
-    kept = [rows[i] for i in select_subset(len(rows), max_samples, seed)]
+    bos_id = tokenizer.bos_id if add_bos else None
 
-    packed, num_truncated, num_without_loss = [], 0, 0
-    for row in kept:
-        tokens, labels, loss_mask, truncated = pack_sample(
-            tokenizer.encode(row.prompt) if row.prompt else [],
-            tokenizer.encode(row.answer) if row.answer else [],
-            seq_length=seq_length,
-            pad_id=tokenizer.pad_id,
-            eos_id=tokenizer.eos_id,
-            bos_id=tokenizer.bos_id if add_bos else None,
-        )
-        if truncated:
-            if on_overflow == "error":
-                raise ValueError(f"{path}:{row.line}: sample is longer than seq_length + 1 = {seq_length + 1} tokens")
-            num_truncated += 1
-        if not bool(loss_mask.any()):
-            num_without_loss += 1
-        packed.append((tokens, labels, loss_mask))
+    def pack(row: Row, index: int) -> _Packed:
+        return _pack_row(row, index, tokenizer, seq_length, bos_id)
 
-    tokens, labels, loss_mask = _stack(packed, seq_length)
-    return TokenizedDataset(tokens, labels, loss_mask, source_lines=[r.line for r in kept],
-                            num_truncated=num_truncated, num_without_loss=num_without_loss)
+    kept, dropped = _take_rows(rows, subset_order(len(rows), max_samples, seed), max_samples, pack,
+                               drop=on_overflow == "drop")
+    tokens, labels, loss_mask = _stack([s.tensors for s in kept], seq_length)
+    accounting = _account(path, role, len(rows), kept, dropped, int(loss_mask.sum().item()))
+    if on_overflow == "error" and accounting.truncated:
+        raise _overflow_error(accounting, seq_length)
+    return TokenizedDataset(tokens, labels, loss_mask, source_lines=[s.line for s in kept], accounting=(accounting,))
 
 
 def concat_datasets(*datasets: TokenizedDataset) -> TokenizedDataset:
-    """The samples of ``datasets`` one after another (same seq_length required); counters add up.
+    """The samples of ``datasets`` one after another (same seq_length required); accountings are joined.
 
     ``source_lines`` are kept per sample, so they only name a line together with the part it came from.
     """
@@ -196,6 +298,5 @@ def concat_datasets(*datasets: TokenizedDataset) -> TokenizedDataset:
         torch.cat([d.tokens for d in datasets]), torch.cat([d.labels for d in datasets]),
         torch.cat([d.loss_mask for d in datasets]),
         source_lines=[line for d in datasets for line in d.source_lines],
-        num_truncated=sum(d.num_truncated for d in datasets),
-        num_without_loss=sum(d.num_without_loss for d in datasets),
+        accounting=tuple(a for d in datasets for a in d.accounting),
     )

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["derive_seed", "permutation", "select_subset"]
+__all__ = ["derive_seed", "permutation", "select_subset", "subset_order"]
 
 
 def derive_seed(stream: str, seed: int, epoch: int = 0) -> int:
@@ -28,6 +28,24 @@ def permutation(n: int, seed: int, *, stream: str, epoch: int = 0) -> torch.Tens
     return torch.randperm(n, generator=generator, dtype=torch.int64)
 
 
+def _check_budget(max_samples: Optional[int]) -> None:
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be None or >= 1, got {max_samples}")
+
+
+def subset_order(num_rows: int, max_samples: Optional[int], seed: int) -> list[int]:
+    """Every row index ``[num_rows]``, in the order a ``max_samples`` budget takes them.
+
+    File order when there is no budget or it covers every row; otherwise the seeded permutation, so that
+    its first ``max_samples`` entries are :func:`select_subset` and the entries after them are the
+    stand-ins, in order, for rows that are turned down (e.g. dropped as too long).
+    """
+    _check_budget(max_samples)
+    if max_samples is None or max_samples >= num_rows:
+        return list(range(num_rows))
+    return permutation(num_rows, seed, stream="subset").tolist()
+
+
 def select_subset(num_rows: int, max_samples: Optional[int], seed: int) -> list[int]:
     """Row indices kept under a ``max_samples`` budget, in file order.
 
@@ -35,9 +53,4 @@ def select_subset(num_rows: int, max_samples: Optional[int], seed: int) -> list[
     subset that is stable for a seed, and nested (the subset for 100 lies inside the one for 500).
     ``max_samples=None`` or ``>= num_rows`` keeps every row, in file order.
     """
-    if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples must be None or >= 1, got {max_samples}")
-    if max_samples is None or max_samples >= num_rows:
-        return list(range(num_rows))
-    chosen = permutation(num_rows, seed, stream="subset")[:max_samples]
-    return sorted(chosen.tolist())
+    return sorted(subset_order(num_rows, max_samples, seed)[:max_samples])

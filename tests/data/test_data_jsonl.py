@@ -65,3 +65,35 @@ def test_empty_file(tmp_path, content):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_jsonl_rows(str(tmp_path / "nope.jsonl"))
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON: nested too deeply"),
+    ('{"text": "a", "id": ' + "9" * 5000 + "}", "unsupported JSON value"),
+    ('{"text": "a\\ud800b"}', r"value of 'text' is not valid Unicode: lone surrogate \\ud800 at character 1"),
+    ('{"input": "\\udfff", "output": "b"}', "value of 'input' is not valid Unicode"),
+])
+def test_json_python_refuses_names_file_and_line(tmp_path, bad_line, message):
+    # Deep nesting (RecursionError), huge integers and lone surrogates (which no tokenizer can encode)
+    # used to escape as other exceptions, or later, without the line.
+    path = write(tmp_path, '{"text": "ok"}\n' + bad_line + '\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: ") + message):
+        read_jsonl_rows(path)
+
+
+def test_a_paired_surrogate_escape_is_fine(tmp_path):
+    path = write(tmp_path, '{"text": "\\ud83d\\ude00"}\n')
+    assert read_jsonl_rows(path)[0].answer == "\U0001F600"
+
+
+def test_unreadable_path_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: cannot read")):
+        read_jsonl_rows(str(tmp_path))
+
+
+def test_the_first_problem_in_file_order_is_named(tmp_path):
+    # A blank line followed by invalid UTF-8: the blank line comes first (found by the fuzz tests).
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "a"}\n\n\xff{"text": "b"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: empty line in the middle")):
+        read_jsonl_rows(str(path))
