@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
+from nemo_mft.data.samples import OVERFLOW_POLICIES
 from nemo_mft.methods import Objective
 
 
@@ -149,8 +150,6 @@ class SchedulerSection:
         _require(self.lr_warmup_iters >= 0, f"scheduler.lr_warmup_iters must be >= 0, got {self.lr_warmup_iters!r}")
 
 
-# The values of dataset.on_overflow (nemo_mft.data.samples.OVERFLOW_POLICIES; config sits below data).
-OVERFLOW_POLICIES = ("truncate", "drop", "error")
 
 
 @dataclass

@@ -197,6 +197,8 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
                     "%d validation samples, %s", layout.tp_size, layout.pp_size, layout.dp_size, layout.world_size,
                     len(data.train), data.num_replay, len(data.validation),
                     "no general-domain set" if data.general is None else f"{len(data.general)} general windows")
+        for line in data.accounting_summary():
+            logger.info("data: %s", line)
 
     # ---- model, teacher, optimizer, schedule
     groups, objective = layout.groups, config.mft.objective
@@ -269,6 +271,7 @@ def _train(config: FinetuneConfig, plan: RunPlan, data: RunData, recipe: dict, l
                         tensorboard=config.logger.tensorboard, progress_bar=config.logger.progress_bar,
                         title=config.mft.label)
 
+    reporter.data(start_iteration, data.accounting_dict())
     if base is None:
         base = evaluator.evaluate(chunks)
         reporter.evaluation(0, base, base)
@@ -343,6 +346,7 @@ def _train(config: FinetuneConfig, plan: RunPlan, data: RunData, recipe: dict, l
                   for key in ("spec_ppl", "gen_ppl", "S", "DG", "DG_over_S")},
         "train_time_s": train_time,
         "checkpoint": os.path.abspath(last_saved) if last_saved else None,
+        "data": data.accounting_dict(),
     }
     write_summary(config.logger.log_dir, summary)
     return summary

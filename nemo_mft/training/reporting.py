@@ -61,6 +61,12 @@ class Reporter:
             logger.info("iteration %d: loss %.5f lr %.3g grad_norm %.3g %.0f tokens/s", iteration, loss, lr,
                         grad_norm, tokens_per_s)
 
+    def data(self, iteration: int, accounting: dict) -> None:
+        """One metrics record ``{"iteration", "data": {role: counts}}``: what the data readers kept, cut,
+        dropped or found without loss tokens (`nemo_mft.data.accounting`)."""
+        if self.writer:
+            self.metrics.log({"iteration": iteration, "data": accounting}, prefix="data")
+
     def evaluation(self, iteration: int, base: Perplexities, current: Perplexities) -> dict:
         numbers = tradeoff(base, current)
         if self.writer:

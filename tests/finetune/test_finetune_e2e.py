@@ -113,6 +113,11 @@ def test_a_run_writes_its_record(runs):
     assert set(evals[-1]) == {"iteration", "spec_ppl", "gen_ppl", "S", "DG", "DG_over_S"}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "mft" and summary["iterations"] == 4 and summary["train_time_s"] > 0
+    # The data accounting: in the summary, and as one metrics record at the start.
+    assert set(summary["data"]) == {"train", "replay", "validation", "general"}
+    assert summary["data"]["train"]["rows_read"] == summary["data"]["train"]["rows_kept"] == 24
+    assert summary["data"]["train"]["truncated"] == 24  # seq_length 32 cuts every row of this data
+    assert [r["data"] for r in read_records(str(run / "metrics.jsonl")) if "data" in r] == [summary["data"]]
     assert summary["base"] == {"spec_ppl": evals[0]["spec_ppl"], "gen_ppl": evals[0]["gen_ppl"]}
     assert summary["final"] == {k: evals[-1][k] for k in ("spec_ppl", "gen_ppl", "S", "DG", "DG_over_S")}
     assert summary["final"]["S"] == pytest.approx(evals[0]["spec_ppl"] - evals[-1]["spec_ppl"])
