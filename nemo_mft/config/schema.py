@@ -182,6 +182,7 @@ class CheckpointSection:
     save_interval: Optional[int] = None  # null: only at the end
     load: Optional[str] = None  # full resume: model, optimizer, scheduler, RNG, data position
     keep_last: int = 2
+    verify_checksums: bool = True  # check every checkpoint file's sha256 against its manifest at load
 
     def __post_init__(self) -> None:
         _require(self.save_interval is None or self.save_interval >= 1,
