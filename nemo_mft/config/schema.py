@@ -201,6 +201,7 @@ class CheckpointSection:
     save_interval: Optional[int] = None  # null: only at the end
     load: Optional[str] = None  # full resume: model, optimizer, scheduler, RNG, data position
     keep_last: int = 2
+    verify_checksums: bool = True  # check every checkpoint file's sha256 against its manifest at load
     # Recipe keys a resume may change although they change the training math (e.g. [optimizer.lr]); a
     # section name allows all its keys. Every other change of the math is refused on resume.
     resume_allow_changes: List[str] = field(default_factory=list)

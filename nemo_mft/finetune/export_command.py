@@ -66,7 +66,8 @@ def export_checkpoint(
     init_distributed()
     layout = initialize_parallel(1, 1, seed=config.train.seed)
     chunks = build_model(model_config, builders.layer_spec(single), gpt, groups=layout.groups, with_teacher=False)
-    load_pretrained_weights(checkpoint, chunks)
+    load_pretrained_weights(checkpoint, chunks, vocab_size=tokenizer.vocab_size,
+                            verify_checksums=config.checkpoint.verify_checksums)
     state = {k: v for k, v in unwrap(chunks[0]).student.state_dict().items() if not k.endswith("_extra_state")}
     return save_hf_llama(
         out_dir, state, model_config, gpt, vocab_size=tokenizer.vocab_size,

@@ -207,7 +207,8 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
                             builders.gpt_options(config.model, vocab_size=vocab_size, seq_length=seq_length),
                             groups=groups, with_teacher=objective.uses_teacher)
     if plan.pretrained is not None:
-        load_pretrained_weights(plan.pretrained, chunks)
+        load_pretrained_weights(plan.pretrained, chunks, vocab_size=vocab_size,
+                                verify_checksums=ckpt_cfg.verify_checksums)
         nm.sync_teacher_from_student(chunks)
         logger.info("initial weights (student and teacher) from %s", plan.pretrained)
     else:
@@ -222,7 +223,8 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
 
     start_iteration, base, prior_time, reference_ce = 0, None, 0.0, None
     if plan.resume_from is not None:
-        state = load_checkpoint(plan.resume_from, chunks, optimizer, scheduler, layout)
+        state = load_checkpoint(plan.resume_from, chunks, optimizer, scheduler, layout, vocab_size=vocab_size,
+                                verify_checksums=ckpt_cfg.verify_checksums)
         start_iteration, prior_time = int(state["iteration"]), float(state.get("train_time_s", 0.0))
         base = Perplexities(**{k: float("nan") if v is None else v for k, v in state["base"].items()})
         reference_ce = state.get("initial_student_ce")
