@@ -237,6 +237,14 @@ def _read(path: str, read: Callable[..., Any], *args: Any) -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}, damaged or incomplete: {reason}") from err
 
 
+def read_common_state(path: str) -> dict[str, Any]:
+    """The common (non-sharded) values of checkpoint ``path`` (iteration, recipe, ...), read by this rank
+    alone (no collective, no checksum: the full verification happens when the checkpoint is loaded)."""
+    from megatron.core import dist_checkpointing
+
+    return _read(path, dist_checkpointing.load_common_state_dict, path)
+
+
 def _read_on_every_rank(path: str, read: Callable[..., Any], *args: Any) -> Any:
     """Collective :func:`_read`: when it fails on any rank, every rank raises that rank's message."""
     result, message = None, None

@@ -36,7 +36,8 @@ import torch
 from nemo_mft.config import builders
 from nemo_mft.config.schema import FinetuneConfig
 from nemo_mft.data import MicroBatchSampler, num_microbatches, train_micro_batches
-from nemo_mft.training.checkpointing import load_checkpoint, load_pretrained_weights, save_checkpoint
+from nemo_mft.training.checkpointing import (load_checkpoint, load_pretrained_weights, read_common_state,
+                                             save_checkpoint)
 from nemo_mft.training.evaluation import Evaluator
 from nemo_mft.training.guards import DirectoryLock, DivergenceGuard, RunFailed, StopSignals, TrainingDiverged
 from nemo_mft.training.inputs import RunData, load_run_data
@@ -86,9 +87,7 @@ def _check_resume(config: FinetuneConfig, plan: RunPlan, current: dict) -> bool:
     """Refuse a resume whose recipe changes the training math of the checkpoint (`resume_check`); True when
     the checkpoint stores a recipe to compare with (then the recipe's LR schedule is the checkpoint's, or a
     change the recipe allows)."""
-    from megatron.core import dist_checkpointing
-
-    stored = dist_checkpointing.load_common_state_dict(plan.resume_from).get("recipe")
+    stored = read_common_state(plan.resume_from).get("recipe")
     if stored is None:
         logger.warning("%s stores no recipe (written by an older nemo-mft): the resumed recipe is not compared, "
                        "and the checkpoint's learning-rate schedule is kept", plan.resume_from)
@@ -208,7 +207,7 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
                             groups=groups, with_teacher=objective.uses_teacher)
     if plan.pretrained is not None:
         load_pretrained_weights(plan.pretrained, chunks, vocab_size=vocab_size,
-                                verify_checksums=ckpt_cfg.verify_checksums)
+                                verify_checksums=config.checkpoint.verify_checksums)
         nm.sync_teacher_from_student(chunks)
         logger.info("initial weights (student and teacher) from %s", plan.pretrained)
     else:
@@ -224,7 +223,7 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
     start_iteration, base, prior_time, reference_ce = 0, None, 0.0, None
     if plan.resume_from is not None:
         state = load_checkpoint(plan.resume_from, chunks, optimizer, scheduler, layout, vocab_size=vocab_size,
-                                verify_checksums=ckpt_cfg.verify_checksums)
+                                verify_checksums=config.checkpoint.verify_checksums)
         start_iteration, prior_time = int(state["iteration"]), float(state.get("train_time_s", 0.0))
         base = Perplexities(**{k: float("nan") if v is None else v for k, v in state["base"].items()})
         reference_ce = state.get("initial_student_ce")
