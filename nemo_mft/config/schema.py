@@ -2,8 +2,9 @@
 
 Section names follow Megatron-Bridge's ConfigContainer (model, train, optimizer, scheduler, dataset,
 tokenizer, checkpoint, logger) plus `mft` and `evaluation`. Hydra merges a recipe onto these
-dataclasses, so an unknown key is rejected while composing; `validate_config` turns the merged config
-into these objects, whose `__post_init__` checks values, before any process group or model exists.
+dataclasses; `validate_config` checks that the merged config has exactly their keys (``+key=v`` /
+``++key=v`` overrides can add others while composing; `nemo_mft.config.checks`) and turns it into these
+objects, whose `__post_init__` checks values, before any process group or model exists.
 """
 
 from __future__ import annotations

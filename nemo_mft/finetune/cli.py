@@ -1,17 +1,24 @@
-"""Command line: ``nemo-mft finetune`` / ``python -m nemo_mft.finetune``, a Hydra application, and
-``nemo-mft export`` (`nemo_mft.finetune.export_command`).
+"""Command line: ``nemo-mft finetune`` / ``python -m nemo_mft.finetune``, and ``nemo-mft export``
+(`nemo_mft.finetune.export_command`).
 
     nemo-mft finetune --config-name mft_tiny dataset.dataset_root=/data mft.tau=0.1 ++train.train_iters=50
     torchrun --nproc_per_node=8 -m nemo_mft.finetune --config-name mft_llama3_8b dataset.dataset_root=/data
 
-Everything after ``finetune`` is Hydra's command line: ``--config-path`` (default: the repository's
+Everything after ``finetune`` is a Hydra command line: ``--config-path`` (default: the repository's
 ``conf/``, or ``$NEMO_MFT_CONFIG_DIR``; a relative path is taken from the current directory),
-``--config-name`` (required: a recipe), dotted overrides with Hydra's ``+key=v`` / ``++key=v`` / ``~key``
-grammar, ``--cfg job`` to print the composed recipe, ``--help``.
+``--config-name`` (required: a recipe), dotted overrides with Hydra's ``key=v`` / ``+key=v`` / ``++key=v`` /
+``~key`` grammar, and Hydra's information options (``--cfg job`` prints the composed recipe, ``--info``,
+``--help``).
 
-Hydra's own run directory, chdir and logging set-up are switched off (``hydra.run.dir=.``,
-``hydra.output_subdir=null``, ``hydra.job.chdir=False``, ``hydra/job_logging=none``,
-``hydra/hydra_logging=none``): the run directory is ``logger.log_dir``.
+A run composes and validates its recipe with `nemo_mft.finetune.recipe` (Hydra's compose API; that
+module's docstring says why not ``@hydra.main``) and then runs it. Every key is checked against the schema,
+whichever form of override or recipe file brought it. The information options are Hydra's application's,
+after the same composition checks; Hydra's own run directory, chdir and logging set-up are switched off
+there (``hydra.run.dir=.``, ``hydra.output_subdir=null``, ``hydra.job.chdir=False``,
+``hydra/job_logging=none``, ``hydra/hydra_logging=none``): the run directory is ``logger.log_dir``.
+
+Errors follow `nemo_mft.finetune.errors`: a user error is one line on stderr and exit status 2
+(``NEMO_MFT_DEBUG=1`` adds the traceback); a bug keeps its traceback and exits 1.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ import shlex
 import signal
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-PROG = "nemo-mft"
+from nemo_mft.finetune.errors import PROG, UsageError, reported_errors
+from nemo_mft.finetune.recipe import ConfigSource, compose_checked, config_source, list_recipes, load_recipe
+
 CONFIG_DIR_ENV = "NEMO_MFT_CONFIG_DIR"
 HYDRA_SETTINGS = (
     "hydra.run.dir=.",
@@ -33,7 +43,13 @@ HYDRA_SETTINGS = (
     "hydra/job_logging=none",
     "hydra/hydra_logging=none",
 )
-_EXIT_SETUP_ERROR = 2
+# Hydra's information options: with one of them Hydra's application prints and exits, nothing runs.
+INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
+              "--version")
+# Options that only modify an information option.
+INFO_MODIFIERS = ("--resolve", "--package", "-p")
+_VALUE_OPTIONS = ("--config-path", "-cp", "--config-name", "-cn", "--cfg", "-c", "--package", "-p")
+_INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
 
 def default_config_dir() -> Optional[str]:
@@ -43,12 +59,6 @@ def default_config_dir() -> Optional[str]:
         return os.path.abspath(env)
     repo_conf = Path(__file__).resolve().parents[2] / "conf"
     return str(repo_conf) if repo_conf.is_dir() else None
-
-
-def list_recipes(config_dir: Optional[str]) -> list[str]:
-    if not config_dir or not os.path.isdir(config_dir):
-        return []
-    return sorted(name[:-5] for name in os.listdir(config_dir) if name.endswith(".yaml"))
 
 
 def _option_value(argv: list[str], names: tuple[str, ...]) -> tuple[Optional[int], Optional[str]]:
@@ -64,8 +74,8 @@ def _option_value(argv: list[str], names: tuple[str, ...]) -> tuple[Optional[int
 
 
 def hydra_argv(argv: Sequence[str]) -> list[str]:
-    """The user's arguments, made absolute where Hydra would not take them from the cwd, plus
-    :data:`HYDRA_SETTINGS` (each unless the user set that key)."""
+    """The user's arguments for Hydra's application, made absolute where Hydra would not take them from
+    the cwd, plus :data:`HYDRA_SETTINGS` (each unless the user set that key)."""
     args = list(argv)
     index, value = _option_value(args, ("--config-path", "-cp"))
     if index is not None and value and "://" not in value and not os.path.isabs(value):
@@ -88,28 +98,89 @@ def hydra_argv(argv: Sequence[str]) -> list[str]:
     return args
 
 
-def _error(message: str) -> None:
-    print(f"{PROG} finetune: error: {message}", file=sys.stderr)
-    sys.exit(_EXIT_SETUP_ERROR)
+@dataclass(frozen=True)
+class FinetuneArgs:
+    """The ``finetune`` command line, read: recipe directory and name, overrides, information mode."""
+
+    config_path: Optional[str] = None
+    config_name: Optional[str] = None
+    overrides: tuple[str, ...] = ()
+    info: bool = False
 
 
-def _task(cfg, argv: Sequence[str]) -> None:
-    """Validate and run the composed recipe; ``argv``: the user's `finetune` arguments (for a resume hint)."""
-    from omegaconf import OmegaConf
+def _split_option(arg: str) -> tuple[str, Optional[str]]:
+    """``--name=value`` -> (``--name``, ``value``); anything else -> (arg, None)."""
+    if arg.startswith("-") and "=" in arg:
+        name, value = arg.split("=", 1)
+        return name, value
+    return arg, None
 
-    from nemo_mft.config import validate_config
+
+def parse_finetune_args(argv: Sequence[str]) -> FinetuneArgs:
+    """Read the command line (UsageError on an option this command does not take or a missing value)."""
+    values: dict[str, str] = {}
+    overrides: list[str] = []
+    info, modifiers = False, []
+    i = 0
+    while i < len(argv):
+        name, value = _split_option(argv[i])
+        i += 1
+        if not name.startswith("-"):
+            overrides.append(argv[i - 1])
+            continue
+        if name not in (*INFO_FLAGS, *INFO_MODIFIERS, "--config-path", "-cp", "--config-name", "-cn"):
+            raise UsageError(f"unknown option {name} (a run takes --config-path, --config-name and overrides; "
+                             f"see {PROG} finetune --help)")
+        takes_value = name in _VALUE_OPTIONS or (name in ("--info", "-i") and i < len(argv)
+                                                 and argv[i] in _INFO_CHOICES)
+        if takes_value and value is None:
+            if i >= len(argv):
+                raise UsageError(f"{name} needs a value")
+            value, i = argv[i], i + 1
+        info = info or name in INFO_FLAGS
+        if name in INFO_MODIFIERS:
+            modifiers.append(name)
+        long_name = {"-cp": "--config-path", "-cn": "--config-name"}.get(name, name)
+        if value is not None:
+            values[long_name] = value
+    if modifiers and not info:
+        raise UsageError(f"{modifiers[0]} goes with --cfg (it changes what --cfg prints)")
+    return FinetuneArgs(config_path=values.get("--config-path"), config_name=values.get("--config-name"),
+                        overrides=tuple(overrides), info=info)
+
+
+def recipe_source(config_path: Optional[str], default_dir: Optional[str], cwd: str) -> ConfigSource:
+    """The recipes of ``--config-path`` (relative to ``cwd``), else of ``default_dir``."""
+    if config_path is not None:
+        return config_source(config_path, cwd)
+    if default_dir is None:
+        raise UsageError(f"no recipe directory found: pass --config-path or set {CONFIG_DIR_ENV}")
+    if not os.path.isdir(default_dir):
+        raise UsageError(f"the recipe directory {default_dir} (${CONFIG_DIR_ENV}) does not exist")
+    return ConfigSource(directory=default_dir)
+
+
+def require_config_name(args: FinetuneArgs, source: ConfigSource) -> str:
+    """``--config-name``, or UsageError listing the recipes of ``source``."""
+    if args.config_name is None:
+        where = source.describe()
+        raise UsageError(f"--config-name is required (recipes in {where}: "
+                         f"{', '.join(list_recipes(source.directory)) or 'none'})")
+    return args.config_name
+
+
+def run_recipe(config, resolved_yaml: str, argv: Sequence[str] = ()) -> None:
+    """Run a validated recipe in this process. The loop's RunFailed (data, paths, layout, checkpoints,
+    divergence) is a UsageError; a stop by SIGINT / SIGTERM prints one line (with the command that resumes
+    the run, built from ``argv``, when a checkpoint was saved) and exits with 128 + the signal."""
     from nemo_mft.megatron import megatron_on_cpu
     from nemo_mft.training.loop import RunFailed, RunInterrupted, run_finetune
 
     try:
-        config = validate_config(cfg)
-    except ValueError as err:
-        _error(str(err))
-    try:
         with megatron_on_cpu():
-            run_finetune(config, resolved_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+            run_finetune(config, resolved_yaml=resolved_yaml)
     except RunFailed as err:
-        _error(str(err))
+        raise UsageError(str(err)) from err
     except RunInterrupted as stop:
         _stopped(stop, argv)
     except KeyboardInterrupt:
@@ -134,7 +205,7 @@ def resume_command(argv: Sequence[str], checkpoint_save: str) -> str:
 
 
 def _stopped(stop, argv: Sequence[str]) -> None:
-    """One line for a run stopped by SIGINT/SIGTERM, then exit 128 + the signal (130 / 143)."""
+    """One line for a run stopped by SIGINT/SIGTERM (global rank 0), then exit 128 + the signal (130 / 143)."""
     name = signal.Signals(stop.signum).name
     if stop.checkpoint is not None:
         message = (f"{PROG} finetune: stopped by {name} after iteration {stop.iteration}; checkpoint "
@@ -147,6 +218,27 @@ def _stopped(stop, argv: Sequence[str]) -> None:
     sys.exit(128 + stop.signum)
 
 
+def _information_only_task(cfg) -> None:
+    """The task of Hydra's application, which this command uses only for information options."""
+    raise AssertionError("Hydra's application ran a task; runs go through nemo_mft.finetune.recipe")
+
+
+def show_with_hydra(argv: Sequence[str], default_dir: Optional[str]) -> None:
+    """Hand an information command line (``--cfg``, ``--info``, ``--help``) to Hydra's application."""
+    import hydra
+
+    from nemo_mft.config import register_schema
+
+    register_schema()
+    app = hydra.main(version_base=None, config_path=default_dir, config_name=None)(_information_only_task)
+    saved_argv = sys.argv
+    sys.argv = [f"{PROG} finetune", *hydra_argv(argv)]
+    try:
+        app()
+    finally:
+        sys.argv = saved_argv
+
+
 def quiet_import_warnings() -> None:
     """Hide megatron-core's import-time notices about optional packages (TE, apex) and deprecations."""
     for pattern in (r"(Transformer Engine and )?Apex (are|is) not installed", r"full scope is deprecated",
@@ -154,39 +246,36 @@ def quiet_import_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def finetune_main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m nemo_mft.finetune [hydra args]``: compose the recipe and run it."""
+def finetune_main(argv: Optional[Sequence[str]] = None,
+                  runner: Optional[Callable[[object, str], object]] = None) -> None:
+    """``python -m nemo_mft.finetune [hydra args]``: compose the recipe, validate it and run it.
+
+    ``runner(config, resolved_yaml)`` runs the validated recipe (default :func:`run_recipe`). A user
+    error exits with status 2 and one line on stderr (`nemo_mft.finetune.errors`).
+    """
     quiet_import_warnings()
     # megatron's tensor-parallel layers want one CUDA work queue (ordering of TP communication and compute).
     os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
-    import hydra
-
-    from nemo_mft.config import register_schema
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    info_only = any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") or
-                    a.startswith(("--info=", "--cfg=")) for a in argv)
-    _, config_path = _option_value(argv, ("--config-path", "-cp"))
-    _, config_name = _option_value(argv, ("--config-name", "-cn"))
-    config_dir = default_config_dir()
-    if config_name is None and not info_only:
-        where = config_path or config_dir
-        _error(f"--config-name is required (recipes in {where}: {', '.join(list_recipes(where)) or 'none'})")
-    if config_path is None and config_dir is None:
-        _error(f"no recipe directory found: pass --config-path or set {CONFIG_DIR_ENV}")
-
-    register_schema()
-
-    def task(cfg) -> None:
-        _task(cfg, argv)
-
-    app = hydra.main(version_base=None, config_path=config_dir, config_name=None)(task)
-    saved_argv = sys.argv
-    sys.argv = [f"{PROG} finetune", *hydra_argv(argv)]
-    try:
-        app()
-    finally:
-        sys.argv = saved_argv
+    with reported_errors("finetune"):
+        args = parse_finetune_args(argv)
+        default_dir = default_config_dir()
+        if args.info and args.config_name is None:
+            if args.config_path is None and default_dir is None:
+                raise UsageError(f"no recipe directory found: pass --config-path or set {CONFIG_DIR_ENV}")
+            show_with_hydra(argv, default_dir)
+            return
+        source = recipe_source(args.config_path, default_dir, os.getcwd())
+        name = require_config_name(args, source)
+        if args.info:
+            compose_checked(source, name, args.overrides)  # the same checks as a run, before Hydra prints
+            show_with_hydra(argv, default_dir)
+            return
+        config, resolved_yaml = load_recipe(source, name, args.overrides)
+        if runner is not None:
+            runner(config, resolved_yaml)
+        else:
+            run_recipe(config, resolved_yaml, argv)
 
 
 USAGE = f"""usage: {PROG} <command> [args]
@@ -219,11 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def compose_recipe(config_name: str, overrides: Sequence[str] = (), config_dir: Optional[str] = None):
-    """The composed recipe (a DictConfig) without running it: for tests and notebooks."""
-    from hydra import compose, initialize_config_dir
-
-    from nemo_mft.config import register_schema
-
-    register_schema()
-    with initialize_config_dir(config_dir=os.path.abspath(config_dir or default_config_dir()), version_base=None):
-        return compose(config_name, overrides=list(overrides))
+    """The composed recipe (a DictConfig, keys checked, values not yet validated) without running it: for
+    tests and notebooks. Raises `nemo_mft.finetune.errors.UsageError`."""
+    source = config_source(config_dir or default_config_dir(), os.getcwd())
+    return compose_checked(source, config_name, overrides)

@@ -19,20 +19,35 @@ import os
 from typing import Optional, Sequence
 
 from nemo_mft.config.schema import FinetuneConfig
+from nemo_mft.finetune.errors import UsageError, reported_errors
 
-__all__ = ["load_run_config", "export_checkpoint", "export_main"]
+__all__ = ["load_run_config", "check_export_paths", "export_checkpoint", "export_main"]
 
 
 def load_run_config(path: str) -> FinetuneConfig:
-    """The validated recipe of a run from its resolved ``config.yaml``."""
+    """The validated recipe of a run from its resolved ``config.yaml``; ValueError (naming the file) when it is
+    not YAML, has a key outside the schema or an invalid value, FileNotFoundError when it is missing."""
+    import yaml
     from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from nemo_mft.config import validate_config
+    from nemo_mft.config.checks import omegaconf_error_text, unknown_key_message
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no run config at {path} (the config.yaml in a run's logger.log_dir)")
-    merged = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), OmegaConf.load(path))
-    return validate_config(merged)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), OmegaConf.load(path))
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        raise ValueError(f"{path}: {unknown_key_message(err.full_key)}") from err
+    except OmegaConfBaseException as err:
+        raise ValueError(f"{path}: {omegaconf_error_text(err)}") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    try:
+        return validate_config(merged)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
 
 
 def export_checkpoint(
@@ -61,8 +76,7 @@ def export_checkpoint(
     model_config = builders.transformer_config(single)
     gpt = builders.gpt_options(single, vocab_size=tokenizer.vocab_size, seq_length=config.dataset.seq_length)
     check_llama_compatible(model_config, gpt)  # fail before any model is built
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f"export directory {out_dir} is not empty; choose a new directory")
+    check_export_paths(checkpoint, out_dir)
     init_distributed()
     layout = initialize_parallel(1, 1, seed=config.train.seed)
     chunks = build_model(model_config, builders.layer_spec(single), gpt, groups=layout.groups, with_teacher=False)
@@ -77,8 +91,36 @@ def export_checkpoint(
     )
 
 
+def check_export_paths(checkpoint: str, out_dir: str) -> None:
+    """FileNotFoundError when ``checkpoint`` holds no checkpoint, FileExistsError when ``out_dir`` is a file
+    or a directory that is not empty (checked before any model is built)."""
+    from nemo_mft.training.checkpointing import resolve_checkpoint
+
+    if resolve_checkpoint(checkpoint) is None:
+        raise FileNotFoundError(f"no checkpoint at {checkpoint} (a checkpoint.save directory or one iter_* "
+                                "directory)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"export directory {out_dir} is a file; choose a new directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"export directory {out_dir} is not empty; choose a new directory")
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose command-line errors are UsageErrors (one line, exit status 2), not usage + message."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="nemo-mft export", description=__doc__.split("\n\n")[0])
+    """``nemo-mft export ...``; returns 0, or exits with status 2 and one line on a user error
+    (`nemo_mft.finetune.errors`)."""
+    with reported_errors("export"):
+        return _export(argv)
+
+
+def _export(argv: Optional[Sequence[str]]) -> int:
+    parser = _ArgumentParser(prog="nemo-mft export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-config", required=True, help="config.yaml of the run (in its logger.log_dir)")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.save directory or one iter_* directory")
     parser.add_argument("--out", required=True, help="new (or empty) output directory")
@@ -94,6 +136,6 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
             written = export_checkpoint(config, args.checkpoint, args.out, dtype=args.dtype,
                                         max_position_embeddings=args.max_position_embeddings)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
-        parser.exit(2, f"nemo-mft export: error: {err}\n")
+        raise UsageError(str(err)) from err
     print(f"exported {len(written)} files to {args.out}")
     return 0

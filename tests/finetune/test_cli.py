@@ -80,7 +80,7 @@ def test_bad_values_stop_before_anything_is_built(tmp_path, capsys, monkeypatch,
 
 def test_unknown_key_is_named(tmp_path, capsys, monkeypatch):
     code, err = _fail([f"dataset.dataset_root={tmp_path}", "model.hidden_sizes=3"], capsys, monkeypatch)
-    assert code == 1 and "Key 'hidden_sizes' not in 'ModelSection'" in err
+    assert code == 2 and "unknown key model.hidden_sizes; did you mean model.hidden_size?" in err
 
 
 def test_impossible_layout_for_the_world_size(tmp_path, capsys, monkeypatch):
