@@ -18,20 +18,14 @@ import sys
 import pytest
 
 from nemo_mft.training.metrics_log import read_records
+from recipe_data import write_qa_data
 
 BIN = os.path.dirname(sys.executable)
 TIMEOUT = 300
 
 
 def _data(root):
-    root.mkdir()
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
-    rows = []
-    for i in range(28):
-        question = " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(4))
-        rows.append({"input": f"Q{i}: {question}? ", "output": " ".join(reversed(question.split()))})
-    (root / "training.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
-    (root / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[24:]))
+    write_qa_data(root)
     general = root / "general.jsonl"
     general.write_text("".join(json.dumps({"text": f"The quick brown fox number {i} jumps over the lazy dog."}) + "\n"
                                for i in range(8)))

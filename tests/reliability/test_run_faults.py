@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from nemo_mft.training.guards import DirectoryLock
+from recipe_data import write_qa_data
 
 BIN = Path(sys.executable).parent
 TIMEOUT = 240
@@ -27,15 +28,7 @@ BASE = ["--config-name", "mft_tiny", "dataset.seq_length=32", "train.global_batc
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faults_data")
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
-    rows = []
-    for i in range(28):
-        question = " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(4))
-        rows.append({"input": f"Q{i}: {question}? ", "output": " ".join(reversed(question.split()))})
-    (root / "training.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
-    (root / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[24:]))
-    return root
+    return write_qa_data(tmp_path_factory.mktemp("faults_data"))
 
 
 def _start(args, cwd) -> subprocess.Popen:
@@ -59,11 +52,11 @@ def _digest(folder: Path) -> dict:
 
 
 def _wait_for_training(log_dir: Path, proc) -> None:
+    """Until the run has logged a training iteration (a metrics record with a loss)."""
     metrics = log_dir / "metrics.jsonl"
     deadline = time.time() + TIMEOUT
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and '"train/loss"' in metrics.read_text() or (
-                metrics.exists() and sum(1 for _ in metrics.open()) >= 2):
+        if metrics.exists() and any('"loss"' in line for line in metrics.read_text().splitlines()):
             return
         time.sleep(0.2)
     raise AssertionError("the run never reached its first training iteration")
