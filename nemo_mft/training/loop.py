@@ -80,7 +80,8 @@ def _check_machine(config: FinetuneConfig) -> None:
         raise ValueError("mft.impl=triton runs the fused kernels on a CUDA GPU, and this machine has none; use "
                          "mft.impl=auto (Triton on GPUs, PyTorch elsewhere) or mft.impl=torch")
     if config.model.params_dtype == "bf16" and not torch.cuda.is_available():
-        raise ValueError("model.params_dtype=bf16 needs a CUDA GPU (megatron's bf16 path); use fp32 on a CPU")
+        raise ValueError("model.params_dtype=bf16 needs a CUDA GPU (megatron-core's mixed-precision optimizer "
+                         "takes CUDA tensors only); use model.params_dtype=fp32 on a CPU")
 
 
 def _check_resume(config: FinetuneConfig, plan: RunPlan, current: dict) -> bool:

@@ -137,6 +137,7 @@ def refused(data, tmp_path_factory):
     triton = _start(common + ["mft.impl=triton", "logger.log_dir=runs/t"], root)
     file_dir = _start(common + ["logger.log_dir=a_file/logs"], root)
     results["triton"], results["file_dir"] = _finish(triton), _finish(file_dir)
+    results["bf16"] = _finish(_start(common + ["model.params_dtype=bf16", "logger.log_dir=runs/b"], root))
     return root, results
 
 
@@ -170,4 +171,7 @@ def test_options_and_paths_this_machine_cannot_use(refused):
     code, err = results["file_dir"]
     assert code == 2 and _last_line(err) == ("nemo-mft finetune: error: logger.log_dir=a_file/logs cannot be "
                                              f"created: {root / 'a_file'} is a file")
-    assert not (root / "runs" / "t").exists()
+    code, err = results["bf16"]
+    assert code == 2 and _last_line(err).startswith("nemo-mft finetune: error: model.params_dtype=bf16 needs a CUDA "
+                                                    "GPU (megatron-core's mixed-precision optimizer takes CUDA")
+    assert not (root / "runs" / "t").exists() and not (root / "runs" / "b").exists()
