@@ -94,7 +94,9 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
+            # A signal ignored on entry stays ignored (a shell's background job ignores SIGINT: POSIX).
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -33,8 +33,11 @@ def data(tmp_path_factory) -> Path:
 
 def _start(args, cwd) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+    # SIGINT as in a terminal: a test runner started in the background may have it ignored, and the
+    # child would inherit that (see guards.StopSignals).
     return subprocess.Popen([str(BIN / "nemo-mft"), "finetune", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**env, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**env, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finish(proc) -> tuple[int, str]:

@@ -56,10 +56,27 @@ def test_stop_signals_turn_sigint_and_sigterm_into_a_request_and_restore_handler
 
 
 def test_a_second_sigint_interrupts_at_once():
-    with pytest.raises(KeyboardInterrupt):
-        with StopSignals():
+    """The second SIGINT goes to the handler that was there before (Python's: KeyboardInterrupt)."""
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever earlier tests left installed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with StopSignals():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+def test_a_signal_ignored_on_entry_stays_ignored():
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
             os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.received is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def _hold_lock(directory: str, ready, release) -> None:
