@@ -167,7 +167,8 @@ def test_byte_tokenizer_has_no_chat_template(tmp_path):
 def test_hf_tokenizer_without_chat_template(tmp_path):
     tokenizer = HuggingFaceTokenizer(write_chat_tokenizer(str(tmp_path / "plain"), None))
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATIONS[1]}])
-    with pytest.raises(ValueError, match=re.escape(f"{path}:1: the Hugging Face tokenizer ") + ".*has no chat template"):
+    no_template = re.escape(f"{path}:1: the Hugging Face tokenizer ") + ".*has no chat template"
+    with pytest.raises(ValueError, match=no_template):
         build_sft_dataset(path, tokenizer, 64)
     assert len(build_sft_dataset(write_jsonl(tmp_path / "t.jsonl", [{"text": "hi"}]), tokenizer, 8)) == 1
 
@@ -179,8 +180,9 @@ def test_template_that_breaks_the_prefix_rule(tmp_path):
     assert build_sft_dataset(fine, tokenizer, 64).num_loss_tokens > 0
     # An assistant turn first: render([] + generation prompt) has no system prompt, render([a]) has one.
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATIONS[2]}, {"messages": CONVERSATIONS[1]}])
-    with pytest.raises(ValueError, match=re.escape(f"{path}:2: the chat template does not extend the conversation")
-                       + r".*messages\[:0\] \+ generation prompt .* is not a prefix of the rendering of messages\[:1\]"):
+    broken = (re.escape(f"{path}:2: the chat template does not extend the conversation")
+              + r".*messages\[:0\] \+ generation prompt .* is not a prefix of the rendering of messages\[:1\]")
+    with pytest.raises(ValueError, match=broken):
         build_sft_dataset(path, tokenizer, 64)
 
 

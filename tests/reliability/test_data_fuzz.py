@@ -4,8 +4,8 @@ Whatever bytes a data file holds (random bytes, broken JSON, wrong types, missin
 empty strings, invalid UTF-8, lone surrogate escapes, deep nesting, huge integers), the readers,
 ``build_sft_dataset``, ``build_text_eval_dataset`` and ``load_run_data`` give a dataset or raise exactly
 ``ValueError`` / ``FileNotFoundError`` whose message starts with the file (``path:line`` for a bad line),
-never another exception from deep inside. Byte tokenizer, and for chat rows a tiny Hugging Face tokenizer with chat templates built offline
-(nothing is downloaded).
+never another exception from deep inside. Byte tokenizer, and for chat rows a tiny Hugging Face tokenizer
+with chat templates built offline (nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -326,7 +326,8 @@ chat_file_lines = st.lists(st.one_of(good_chat_lines(), good_chat_lines(), good_
 
 
 @CHAT_FUZZ
-@given(lines=st.lists(st.one_of(good_chat_lines(), good_lines(), bad_chat_lines(), blank_lines), min_size=1, max_size=6))
+@given(lines=st.lists(st.one_of(good_chat_lines(), good_lines(), bad_chat_lines(), blank_lines),
+                      min_size=1, max_size=6))
 def test_the_first_malformed_chat_line_is_named(workdir, lines):
     path = _write(workdir / "chat_lines.jsonl", lines)
     expected = _expected_error_line(lines)
