@@ -1,4 +1,5 @@
-"""Data layer: tokenizers, jsonl SFT datasets, perplexity windows, and a resumable DP sampler.
+"""Data layer: tokenizers, jsonl SFT datasets (chat rows through the model's chat template), perplexity
+windows, and a resumable DP sampler.
 
 Typical use by an entry point::
 
@@ -13,6 +14,7 @@ Typical use by an entry point::
 
 from nemo_mft.data.accounting import FileAccounting
 from nemo_mft.data.batching import collate, eval_micro_batches, train_micro_batches
+from nemo_mft.data.chat import ChatLayout, chat_layout
 from nemo_mft.data.jsonl import Row, read_jsonl_rows
 from nemo_mft.data.sampler import MicroBatchSampler, num_microbatches
 from nemo_mft.data.samples import (
@@ -21,6 +23,7 @@ from nemo_mft.data.samples import (
     build_sft_dataset,
     concat_datasets,
     pack_sample,
+    pack_tokens,
     scored_answer_tokens,
 )
 from nemo_mft.data.shuffle import select_subset, subset_order
@@ -35,6 +38,7 @@ from nemo_mft.data.windows import build_text_eval_dataset
 
 __all__ = [
     "ByteTokenizer",
+    "ChatLayout",
     "FileAccounting",
     "HuggingFaceTokenizer",
     "MicroBatchSampler",
@@ -43,6 +47,7 @@ __all__ = [
     "TokenizedDataset",
     "Tokenizer",
     "build_sft_dataset",
+    "chat_layout",
     "build_text_eval_dataset",
     "build_tokenizer",
     "collate",
@@ -50,6 +55,7 @@ __all__ = [
     "eval_micro_batches",
     "num_microbatches",
     "pack_sample",
+    "pack_tokens",
     "read_jsonl_rows",
     "scored_answer_tokens",
     "select_subset",

@@ -20,6 +20,12 @@ one the first text token has no predecessor and is never a label.
 Prompt and answer are tokenized separately and concatenated (no merge across the boundary), as in
 NeMo's SFT datasets, so the boundary is exact in token space.
 
+Chat rows (``{"messages": [...]}``) are rendered by the tokenizer's chat template instead
+(:mod:`nemo_mft.data.chat`): ``full`` is the rendered conversation as the template writes it (no bos or eos
+added here), and a label gets loss exactly when it is a token some assistant turn added (its content and
+the end-of-turn marker; not the generation prompt). The same shift, truncation, ``on_overflow`` and
+accounting apply; such a row is without loss when no assistant token is left as a label.
+
 Too long (``L > S + 1``): ``on_overflow="truncate"`` (default) keeps the first ``S + 1`` tokens of
 ``full`` (the prompt start is kept; the end of the answer and the eos are lost) and counts the row as
 truncated; ``on_overflow="drop"`` leaves the row out (counted as dropped; under a ``max_samples`` budget the
@@ -39,6 +45,7 @@ from typing import Optional, Sequence
 import torch
 
 from nemo_mft.data.accounting import FileAccounting
+from nemo_mft.data.chat import chat_layout
 from nemo_mft.data.jsonl import Row, read_jsonl_rows
 from nemo_mft.data.shuffle import subset_order
 from nemo_mft.data.tokenizers import Tokenizer
@@ -46,6 +53,7 @@ from nemo_mft.data.tokenizers import Tokenizer
 __all__ = [
     "OVERFLOW_POLICIES",
     "pack_sample",
+    "pack_tokens",
     "scored_answer_tokens",
     "TokenizedDataset",
     "build_sft_dataset",
@@ -53,6 +61,39 @@ __all__ = [
 ]
 
 OVERFLOW_POLICIES = ("truncate", "drop", "error")
+
+
+def pack_tokens(
+    full: Sequence[int],
+    scored: Sequence[bool],
+    *,
+    seq_length: int,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Lay out a token sequence with a loss flag per token as one causal-LM sample.
+
+    Args:
+        full: the ids [L], special tokens included. scored: [L], ``True`` where ``full[j]`` gets loss as a
+            label (``scored[0]`` is never used: the first token is no label). seq_length: S.
+    Returns:
+        ``(tokens [S] int64, labels [S] int64, loss_mask [S] float32, truncated: bool)``: ``full`` cut to
+        ``S + 1`` tokens, ``tokens[i] = full[i]``, ``labels[i] = full[i + 1]``,
+        ``loss_mask[i] = scored[i + 1]``, padding past the end.
+    """
+    if seq_length < 1:
+        raise ValueError(f"seq_length must be >= 1, got {seq_length}")
+    if len(full) != len(scored):
+        raise ValueError(f"full and scored must have the same length, got {len(full)} and {len(scored)}")
+    truncated = len(full) > seq_length + 1
+    n = min(len(full), seq_length + 1) - 1  # real input positions
+    tokens = torch.full((seq_length,), pad_id, dtype=torch.int64)
+    labels = torch.full((seq_length,), pad_id, dtype=torch.int64)
+    loss_mask = torch.zeros(seq_length, dtype=torch.float32)
+    if n > 0:
+        tokens[:n] = torch.tensor(list(full[:n]), dtype=torch.int64)
+        labels[:n] = torch.tensor(list(full[1 : n + 1]), dtype=torch.int64)
+        loss_mask[:n] = torch.tensor([float(flag) for flag in scored[1 : n + 1]], dtype=torch.float32)
+    return tokens, labels, loss_mask, truncated
 
 
 def pack_sample(
@@ -72,23 +113,9 @@ def pack_sample(
     Returns:
         ``(tokens [S] int64, labels [S] int64, loss_mask [S] float32, truncated: bool)``.
     """
-    if seq_length < 1:
-        raise ValueError(f"seq_length must be >= 1, got {seq_length}")
     head = ([] if bos_id is None else [bos_id]) + list(prompt_ids)
-    full = head + list(answer_ids) + [eos_id]
-    truncated = len(full) > seq_length + 1
-    full = full[: seq_length + 1]
-    n = len(full) - 1  # real input positions
-    tokens = torch.full((seq_length,), pad_id, dtype=torch.int64)
-    labels = torch.full((seq_length,), pad_id, dtype=torch.int64)
-    loss_mask = torch.zeros(seq_length, dtype=torch.float32)
-    if n > 0:
-        tokens[:n] = torch.tensor(full[:n], dtype=torch.int64)
-        labels[:n] = torch.tensor(full[1:], dtype=torch.int64)
-        first = max(len(head) - 1, 0)
-        if first < n:
-            loss_mask[first:n] = 1.0
-    return tokens, labels, loss_mask, truncated
+    tail = list(answer_ids) + [eos_id]
+    return pack_tokens(head + tail, [False] * len(head) + [True] * len(tail), seq_length=seq_length, pad_id=pad_id)
 
 
 def scored_answer_tokens(head_length: int, answer_length: int, seq_length: int) -> int:
@@ -178,8 +205,25 @@ class _Packed:
     answer_scored: int
 
 
-def _pack_row(row: Row, index: int, tokenizer: Tokenizer, seq_length: int, bos_id: Optional[int]) -> _Packed:
-    """Tokenize one row and lay it out with :func:`pack_sample`."""
+def _pack_chat_row(row: Row, index: int, where: str, tokenizer: Tokenizer, seq_length: int) -> _Packed:
+    """Render a chat row with the tokenizer's template and lay it out with :func:`pack_tokens`.
+
+    No bos or eos is added (the template writes its own); errors are ``ValueError("<where>: ...")``.
+    """
+    try:
+        layout = chat_layout(row.messages, tokenizer)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    tokens, labels, loss_mask, truncated = pack_tokens(layout.ids, layout.scored, seq_length=seq_length,
+                                                       pad_id=tokenizer.pad_id)
+    return _Packed(index, row.line, (tokens, labels, loss_mask), truncated, int(loss_mask.sum().item()))
+
+
+def _pack_row(row: Row, index: int, tokenizer: Tokenizer, seq_length: int, bos_id: Optional[int],
+              path: str) -> _Packed:
+    """Tokenize one row and lay it out with :func:`pack_sample` (chat rows: :func:`_pack_chat_row`)."""
+    if row.format == "chat":
+        return _pack_chat_row(row, index, f"{path}:{row.line}", tokenizer, seq_length)
     prompt_ids = tokenizer.encode(row.prompt) if row.prompt else []
     answer_ids = tokenizer.encode(row.answer) if row.answer else []
     tokens, labels, loss_mask, truncated = pack_sample(
@@ -246,7 +290,7 @@ def build_sft_dataset(
     on_overflow: str = "truncate",
     role: str = "train",
 ) -> TokenizedDataset:
-    """Read a jsonl file (any of the three formats) into fixed-length samples.
+    """Read a jsonl file (any of the four formats, chat rows included) into fixed-length samples.
 
     Args:
         path: the jsonl file (see :mod:`nemo_mft.data.jsonl` for formats and errors).
@@ -256,7 +300,8 @@ def build_sft_dataset(
             with ``seed`` and the first ``max_samples`` kept (stored in file order): a random subset that
             is stable for a seed. Fewer rows than ``max_samples`` keeps them all.
         seed: seed of the ``max_samples`` subset (independent of the training-order shuffle).
-        add_bos: prepend the tokenizer's bos; an error if it has none (pass ``add_bos=False``).
+        add_bos: prepend the tokenizer's bos; an error if it has none (pass ``add_bos=False``). Chat rows
+            get no bos from here: their template writes whatever the model expects.
         on_overflow: ``"truncate"``, ``"drop"`` or ``"error"``, for rows longer than ``seq_length + 1``
             tokens (see the module docstring).
         role: the file's role, recorded in its :class:`FileAccounting` (``train``, ``replay``, ...).
@@ -273,7 +318,7 @@ def build_sft_dataset(
     bos_id = tokenizer.bos_id if add_bos else None
 
     def pack(row: Row, index: int) -> _Packed:
-        return _pack_row(row, index, tokenizer, seq_length, bos_id)
+        return _pack_row(row, index, tokenizer, seq_length, bos_id, path)
 
     kept, dropped = _take_rows(rows, subset_order(len(rows), max_samples, seed), max_samples, pack,
                                drop=on_overflow == "drop")

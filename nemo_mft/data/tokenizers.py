@@ -2,8 +2,11 @@
 
 Every tokenizer here has the same small interface (see :class:`Tokenizer`): ``vocab_size``,
 ``encode(text) -> list[int]`` (no special tokens added), ``decode(ids) -> str`` (special tokens
-dropped) and the ids ``eos_id``, ``pad_id``, ``bos_id`` (``bos_id`` may be ``None``).
-Special tokens are added by the dataset code (:mod:`nemo_mft.data.samples`), never by ``encode``.
+dropped), ``render_chat(messages, add_generation_prompt) -> list[int]`` (a conversation through the
+model's chat template; only Hugging Face tokenizers with a template have one) and the ids ``eos_id``,
+``pad_id``, ``bos_id`` (``bos_id`` may be ``None``).
+Special tokens are added by the dataset code (:mod:`nemo_mft.data.samples`), never by ``encode``; in a
+chat rendering they are whatever the template writes.
 
 Nothing here downloads: :class:`HuggingFaceTokenizer` only reads a local ``tokenizer.json``.
 """
@@ -45,6 +48,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> list[int]: ...
+
 
 class ByteTokenizer:
     """Byte-level tokenizer for tests and demos: ids 0..255 are the UTF-8 bytes of the text.
@@ -66,6 +71,11 @@ class ByteTokenizer:
         data = bytes(int(i) for i in ids if 0 <= int(i) < 256)
         return data.decode("utf-8", errors="replace")
 
+    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> list[int]:
+        """Always a ``ValueError``: the byte tokenizer has no chat template."""
+        raise ValueError("tokenizer type 'byte' has no chat template; chat rows ({\"messages\": ...}) need "
+                         "tokenizer.type 'huggingface' with a chat template")
+
     def __repr__(self) -> str:
         return "ByteTokenizer(vocab_size=259)"
 
@@ -83,6 +93,21 @@ def _resolve_tokenizer_file(path: str) -> str:
             )
         return candidate
     return path
+
+
+def _read_chat_template(directory: str, config: dict) -> Optional[str]:
+    """The chat template beside a tokenizer: ``chat_template.jinja`` if present, else tokenizer_config.json's
+    ``"chat_template"`` (a string, or a list of ``{"name", "template"}`` of which ``"default"`` is used), else
+    ``None``. The file wins, as in transformers."""
+    jinja_path = os.path.join(directory, "chat_template.jinja")
+    if os.path.isfile(jinja_path):
+        with open(jinja_path, encoding="utf-8") as f:
+            return f.read()
+    value = config.get("chat_template")
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) and value else None
 
 
 def _special_from_config(config: dict, key: str) -> Optional[str]:
@@ -109,6 +134,8 @@ class HuggingFaceTokenizer:
     of a special token inside the data (``"</s>"``, a chat-template marker) is parsed as that token.
     ``decode`` skips special tokens.
     ``vocab_size`` counts added tokens too.
+    ``render_chat`` uses the chat template beside the file (``chat_template.jinja`` or tokenizer_config.json's
+    ``"chat_template"``); without one it raises a ``ValueError``.
     """
 
     def __init__(
@@ -133,7 +160,8 @@ class HuggingFaceTokenizer:
             raise ValueError(f"cannot load a Hugging Face tokenizer from {self.path}: {exc}") from exc
 
         config: dict = {}
-        config_path = os.path.join(os.path.dirname(os.path.abspath(self.path)), "tokenizer_config.json")
+        directory = os.path.dirname(os.path.abspath(self.path))
+        config_path = os.path.join(directory, "tokenizer_config.json")
         if os.path.isfile(config_path):
             with open(config_path, encoding="utf-8") as f:
                 loaded = json.load(f)
@@ -151,6 +179,21 @@ class HuggingFaceTokenizer:
             "bos", bos_token, _special_from_config(config, "bos_token"), _DEFAULT_BOS)
         pad = self._find_token("pad", pad_token, _special_from_config(config, "pad_token"), _DEFAULT_PAD)
         self.pad_id: int = self.eos_id if pad is None else pad
+        self.chat_template: Optional[str] = _read_chat_template(directory, config)
+        self._template_tokens = self._template_special_tokens(config)
+
+    def _template_special_tokens(self, config: dict) -> dict[str, str]:
+        """The special tokens' text a chat template sees (``bos_token``, ``eos_token``, ...), as in
+        transformers: tokenizer_config.json's spelling, else the token of the id found here."""
+        found = {"bos_token": self.bos_id, "eos_token": self.eos_id, "pad_token": self.pad_id, "unk_token": None}
+        tokens: dict[str, str] = {}
+        for key, token_id in found.items():
+            text = _special_from_config(config, key)
+            if text is None and token_id is not None:
+                text = self._tok.id_to_token(token_id)
+            if text is not None:
+                tokens[key] = text
+        return tokens
 
     def _find_token(self, role: str, explicit: Optional[str], configured: Optional[str],
                     defaults: Iterable[str]) -> Optional[int]:
@@ -170,6 +213,41 @@ class HuggingFaceTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> list[int]:
+        """The ids of ``messages`` (``(role, content)`` pairs, possibly none) rendered by the chat template.
+
+        The text comes from transformers' ``render_jinja_template``, the function ``apply_chat_template``
+        itself renders with: the same sandboxed Jinja environment and helpers (``raise_exception``,
+        ``strftime_now``, ``tojson``, ``trim_blocks``), with the special tokens' text as variables, so the
+        text is exactly what the model's users get. It is called directly rather than through a
+        ``PreTrainedTokenizerFast`` because ``apply_chat_template`` refuses an empty conversation, and the
+        generation prompt before an opening assistant turn is the rendering of none. The text is then
+        encoded with this tokenizer, adding no special tokens (the template wrote them), exactly as
+        ``apply_chat_template(tokenize=True)`` does. transformers is imported here, on first use only.
+
+        Raises ``ValueError`` without a chat template, or when the template fails (``raise_exception``
+        in the template, a Jinja syntax error, ...).
+        """
+        text = self._render_chat_text(messages, add_generation_prompt)
+        return self.encode(text)
+
+    def _render_chat_text(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
+        """The chat template's text for ``messages`` (see :meth:`render_chat`)."""
+        if self.chat_template is None:
+            raise ValueError(f"the Hugging Face tokenizer {self.path} has no chat template (no chat_template.jinja "
+                             "beside it and no 'chat_template' in its tokenizer_config.json)")
+        try:
+            from transformers.utils.chat_template_utils import render_jinja_template
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("chat rows need the `transformers` package (pip install transformers)") from exc
+        conversation = [{"role": role, "content": content} for role, content in messages]
+        try:
+            rendered, _ = render_jinja_template(conversations=[conversation], chat_template=self.chat_template,
+                                                add_generation_prompt=add_generation_prompt, **self._template_tokens)
+        except Exception as exc:  # noqa: BLE001 - a foreign template may fail in any way; report it as data
+            raise ValueError(f"the chat template of {self.path} failed: {type(exc).__name__}: {exc}") from None
+        return rendered[0]
 
     def __repr__(self) -> str:
         return f"HuggingFaceTokenizer({self.path!r}, vocab_size={self.vocab_size})"

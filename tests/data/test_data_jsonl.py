@@ -32,7 +32,7 @@ def test_three_formats_detected_per_row(tmp_path):
     ('{"completion": "a"}', r"missing key\(s\) \['prompt'\]"),
     ('{"input": "a", "completion": "b"}', "row mixes keys of several formats"),
     ('{"text": "a", "output": "b", "input": "c"}', "row mixes keys of several formats"),
-    ('{"messages": []}', "no known keys"),
+    ('{"messages": []}', "value of 'messages' must be a non-empty list"),
     ('{"input": "a", "output": 3}', "value of 'output' must be a string"),
     ('{"text": null}', "value of 'text' must be a string"),
 ])

@@ -4,7 +4,8 @@ Whatever bytes a data file holds (random bytes, broken JSON, wrong types, missin
 empty strings, invalid UTF-8, lone surrogate escapes, deep nesting, huge integers), the readers,
 ``build_sft_dataset``, ``build_text_eval_dataset`` and ``load_run_data`` give a dataset or raise exactly
 ``ValueError`` / ``FileNotFoundError`` whose message starts with the file (``path:line`` for a bad line),
-never another exception from deep inside. Byte tokenizer only (nothing is downloaded).
+never another exception from deep inside. Byte tokenizer, and for chat rows a tiny Hugging Face tokenizer
+with chat templates built offline (nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from nemo_mft.config.schema import DatasetSection, EvaluationSection, FinetuneConfig
@@ -247,3 +248,129 @@ def test_load_run_data_gives_run_data_or_one_clear_error(workdir, train, validat
     assert len(run.train) == by_role["train"].rows_kept + run.num_replay
     assert all("\n" not in line for line in run.accounting_summary())
     json.dumps(run.accounting_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Chat rows ({"messages": [...]}): the reader names the first malformed one, and the dataset builder with a
+# Hugging Face tokenizer and its chat template (offline, tests/chat_tokenizer.py) gives a dataset or a
+# ValueError naming path:line, whatever the messages and whichever of three templates (one that keeps the
+# prefix rule, one that breaks it for an opening assistant turn, one that raises on some conversations).
+# Rendering is slower than byte tokenization: fewer examples.
+
+CHAT_FUZZ = settings(FUZZ, max_examples=60)
+ROLES = ("system", "user", "assistant")
+chat_contents = st.one_of(st.text(max_size=24), st.sampled_from(
+    ["", "\n", " lead", "<|im_end|>", "<|im_start|>user\n", "{{ raise_exception('x') }}", "y" * 2_000]))
+
+
+def _message(role: object, content: object) -> dict:
+    return {"role": role, "content": content}
+
+
+@st.composite
+def chat_messages(draw) -> list[dict]:
+    """A valid ``messages`` list: any roles, at least one assistant turn."""
+    messages = draw(st.lists(st.builds(_message, st.sampled_from(ROLES), chat_contents), max_size=5))
+    at = draw(st.integers(0, len(messages)))
+    return messages[:at] + [_message("assistant", draw(chat_contents))] + messages[at:]
+
+
+@st.composite
+def good_chat_lines(draw) -> tuple[bytes, bool]:
+    return _dump({**draw(extra_keys), "messages": draw(chat_messages())}, draw(st.booleans())), True
+
+
+@st.composite
+def bad_chat_lines(draw) -> tuple[bytes, bool]:
+    """One chat line the reader must refuse, of a randomly chosen kind."""
+    messages = draw(chat_messages())
+    kind = draw(st.sampled_from(["not_list", "empty", "not_object", "no_role", "no_content", "unknown_role",
+                                 "content_type", "no_assistant", "mixed", "surrogate"]))
+    at = draw(st.integers(0, len(messages) - 1))
+    message = messages[at]
+    if kind == "not_list":
+        return _dump({"messages": draw(json_values.filter(lambda v: not isinstance(v, list)))}, True), False
+    if kind == "empty":
+        return _dump({"messages": []}, True), False
+    if kind == "not_object":
+        messages[at] = draw(json_values.filter(lambda v: not isinstance(v, dict)))
+    elif kind in ("no_role", "no_content"):
+        del message[kind[3:]]
+    elif kind == "unknown_role":
+        message["role"] = draw(json_values.filter(lambda v: v not in ROLES))
+    elif kind == "content_type":
+        message["content"] = draw(json_values.filter(lambda v: not isinstance(v, str)))
+    elif kind == "no_assistant":
+        messages = [m for m in messages if m["role"] != "assistant"] or [_message("user", "q")]
+    elif kind == "mixed":
+        return _dump({"messages": messages, draw(st.sampled_from(sorted(KNOWN_KEYS))): "a"}, True), False
+    else:
+        slot = "SURROGATE-SLOT-0123"
+        message["content"] = slot
+        return _dump({"messages": messages}, True).replace(slot.encode(), b"a\\udc00b"), False
+    return _dump({"messages": messages}, True), False
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizers(tmp_path_factory):
+    from chat_tokenizer import ALTERNATING, CHATML, CHATML_DEFAULT_SYSTEM, write_chat_tokenizer
+    from nemo_mft.data import HuggingFaceTokenizer
+
+    root = tmp_path_factory.mktemp("chat_tokenizers")
+    return [HuggingFaceTokenizer(write_chat_tokenizer(str(root / name), template)) for name, template in
+            (("chatml", CHATML), ("default_system", CHATML_DEFAULT_SYSTEM), ("alternating", ALTERNATING))]
+
+
+chat_file_lines = st.lists(st.one_of(good_chat_lines(), good_chat_lines(), good_lines(), bad_chat_lines()),
+                           min_size=1, max_size=5)
+
+
+@CHAT_FUZZ
+@given(lines=st.lists(st.one_of(good_chat_lines(), good_lines(), bad_chat_lines(), blank_lines),
+                      min_size=1, max_size=6))
+def test_the_first_malformed_chat_line_is_named(workdir, lines):
+    path = _write(workdir / "chat_lines.jsonl", lines)
+    expected = _expected_error_line(lines)
+    try:
+        rows = read_jsonl_rows(path)
+    except Exception as err:  # noqa: BLE001
+        _assert_names_the_file(err, path, len(lines))
+        if expected is not None:
+            assert str(err).startswith(f"{path}:{expected}: "), str(err)[:300]
+    else:
+        assert expected is None
+        assert all(any(role == "assistant" for role, _ in r.messages) for r in rows if r.format == "chat")
+
+
+@CHAT_FUZZ
+@given(lines=chat_file_lines, template=st.integers(0, 2), seq_length=st.integers(1, 48),
+       on_overflow=st.sampled_from(["truncate", "drop", "error"]), max_samples=st.none() | st.integers(1, 4))
+def test_build_sft_dataset_with_chat_rows_gives_a_dataset_or_a_value_error(workdir, chat_tokenizers, lines, template,
+                                                                           seq_length, on_overflow, max_samples):
+    path = _write(workdir / "chat_sft.jsonl", lines)
+    tokenizer = chat_tokenizers[template]
+    try:
+        dataset = build_sft_dataset(path, tokenizer, seq_length, max_samples=max_samples, on_overflow=on_overflow)
+    except Exception as err:  # noqa: BLE001
+        _assert_names_the_file(err, path, len(lines) + 1)
+        assert re.match(re.escape(path) + r":\d+: ", str(err)), str(err)[:300]  # always a line for these files
+        event(f"error: {str(err)[len(path):].split(': ')[1][:40]}")
+        return
+    event("dataset")
+    (acc,) = dataset.accounting
+    assert len(dataset) == acc.rows_kept and dataset.num_loss_tokens == acc.loss_tokens
+    assert dataset.source_lines == sorted(set(dataset.source_lines))
+    assert on_overflow == "drop" or acc.dropped == 0
+    assert on_overflow == "truncate" or acc.truncated == 0
+
+
+@CHAT_FUZZ
+@given(lines=chat_file_lines)
+def test_chat_rows_with_the_byte_tokenizer_name_their_line(workdir, lines):
+    path = _write(workdir / "chat_byte.jsonl", lines)
+    try:
+        build_sft_dataset(path, TOK, 16)
+    except Exception as err:  # noqa: BLE001
+        _assert_names_the_file(err, path, len(lines) + 1)
+    else:
+        assert not any(b'"messages"' in data for data, _ in lines)
