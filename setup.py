@@ -15,6 +15,8 @@ setup(
         "megatron": ["megatron-core>=0.16"],
         "triton": ["triton>=3.6"],
         "recipes": ["hydra-core>=1.3", "omegaconf>=2.3", "tqdm", "matplotlib", "tensorboard", "safetensors", "tokenizers"],
+        # Hugging Face tokenizers' chat templates (chat rows) and checkpoints; tested with transformers 5.23.
+        "hf": ["transformers>=5.0", "safetensors", "tokenizers"],
         "test": ["pytest", "nvidia-modelopt>=0.35"],
     },
 )
