@@ -21,7 +21,7 @@ local layer j of stage s reads the HF layer of its global index. No rotary permu
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 
@@ -141,17 +141,18 @@ def load_hf_tensors_into(gpt: torch.nn.Module, reader: SafetensorsReader, model:
     return loaded
 
 
-def load_hf_into(gpt: torch.nn.Module, hf_dir: str, model: HFModel, groups, *, padded_vocab_size: int
-                 ) -> dict[str, int]:
+def load_hf_into(gpt: torch.nn.Module, hf_dir: str, model: HFModel, groups, *,
+                 padded_vocab_size: Optional[int] = None) -> dict[str, int]:
     """Streaming import of the HF checkpoint ``hf_dir`` into this rank's GPTModel stage ``gpt``.
 
     Each rank reads only the tensors of its pipeline stage and, of those, only its TP slices (``groups.tp``
-    gives the rank and size). Returns the bytes read per HF tensor. For MFT, load into the student and then
+    gives the rank and size). ``padded_vocab_size`` defaults to the GPTModel's ``vocab_size`` (all TP ranks
+    together). Returns the bytes read per HF tensor. For MFT, load into the student and then
     copy it into the teacher (`nemo_mft.megatron.sync_teacher_from_student`).
     """
     with SafetensorsReader(hf_dir) as reader:
         load_hf_tensors_into(gpt, reader, model, tp_rank=groups.tp.rank(), tp_size=groups.tp.size(),
-                             padded_vocab_size=padded_vocab_size)
+                             padded_vocab_size=padded_vocab_size or gpt.vocab_size)
         return dict(reader.bytes_read)
 
 

@@ -1,7 +1,7 @@
 """The spawned 2-rank gloo job behind tests/hf: import every case at TP=1, TP=2 and PP=2, run a forward.
 
-Returns (rank 0) logits per (case, tp, pp) cut to the true vocabulary, the bytes read per HF tensor by TP
-rank 0 of TP=2, and each case's full TP=1 megatron state dict (for the export round trip).
+Returns (rank 0) logits per (case, tp, pp) cut to the true vocabulary, the bytes read per HF tensor by rank
+0 (TP rank 0 of TP=2, stage 0 of PP=2), and each case's full TP=1 megatron state dict (for the export round trip).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def _forward(layout, hf_dir: str, tokens: torch.Tensor):
     opts = gpt_options(model, tp_size=layout.tp_size, seq_length=SEQ, make_vocab_size_divisible_by=DIVISIBLE_BY)
     config = transformer_config(model, tp_size=layout.tp_size, pp_size=layout.pp_size)
     gpt = build_model(config, layer_spec(model), opts, groups=layout.groups, with_teacher=False)[0].student.eval()
-    bytes_read = load_hf_into(gpt, hf_dir, model, layout.groups, padded_vocab_size=opts.padded_vocab_size)
+    assert gpt.vocab_size == opts.padded_vocab_size
+    bytes_read = load_hf_into(gpt, hf_dir, model, layout.groups)
     positions = torch.arange(SEQ).expand_as(tokens)
     pp_ranks = dist.get_process_group_ranks(layout.groups.pp)
     local_vocab = opts.padded_vocab_size // layout.tp_size
@@ -58,8 +59,8 @@ def run_all(rank: int, world_size: int, cases: dict, tokens: torch.Tensor) -> di
             for name, hf_dir in cases.items():
                 out, read, state = _forward(layout, hf_dir, tokens)
                 logits[(name, tp, pp)] = out
-                if tp == 2:
-                    bytes_read[name] = read
+                if tp > 1 or pp > 1:
+                    bytes_read[(name, tp, pp)] = read
                 if tp == 1 and pp == 1:
                     states[name] = state
             destroy_parallel()

@@ -41,7 +41,9 @@ def test_tp2_rank_reads_only_its_slices(hf_job, hf_dirs):
     the embedding rows of its vocabulary shard (64 of the 128 padded rows, all real)."""
     from nemo_mft.hf import SafetensorsReader
 
-    for name, read in hf_job["bytes_read"].items():
+    for (name, tp, pp), read in hf_job["bytes_read"].items():
+        if tp != 2:
+            continue
         with SafetensorsReader(hf_dirs[name]) as reader:
             sizes = {t: reader.read(t).numel() * reader.read(t).element_size() for t in reader.names()}
             width = reader.read("model.norm.weight").element_size()
@@ -54,3 +56,14 @@ def test_tp2_rank_reads_only_its_slices(hf_job, hf_dirs):
             else:  # norms: replicated
                 assert got == nbytes, (name, tensor, got, nbytes)
         assert sum(read.values()) < sum(sizes.values())
+
+
+def test_pp2_first_stage_reads_only_its_layers(hf_job):
+    """Stage 0 of 2 reads layer 0, the embedding, nothing of layer 1, the final norm or lm_head."""
+    for (name, tp, pp), read in hf_job["bytes_read"].items():
+        if pp != 2:
+            continue
+        assert any(k.startswith("model.layers.0.") for k in read), name
+        assert not [k for k in read if k.startswith("model.layers.1.")], name
+        assert "model.norm.weight" not in read and "lm_head.weight" not in read, name
+        assert "model.embed_tokens.weight" in read, name
