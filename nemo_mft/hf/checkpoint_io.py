@@ -25,6 +25,7 @@ SINGLE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "chat_template.json")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_FLOAT_CODES = ("BF16", "F16", "F32")  # safetensors' dtype codes of the float formats read here
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -80,11 +81,17 @@ class SafetensorsReader:
 
     def read(self, name: str, rows: Optional[tuple[int, int]] = None,
              cols: Optional[tuple[int, int]] = None) -> torch.Tensor:
-        """Tensor ``name`` restricted to rows [start, stop) (dim 0) and/or columns [start, stop) (dim 1)."""
+        """Tensor ``name`` restricted to rows [start, stop) (dim 0) and/or columns [start, stop) (dim 1).
+
+        Stored dtype kept (bf16, fp16 or fp32; ValueError for any other, e.g. fp8 or int8 weights).
+        """
         part = self._slice(name)
         rank = len(part.get_shape())
         if cols is not None and rank != 2:
             raise ValueError(f"column slice of {name!r}, a {rank}-D tensor")
+        if part.get_dtype() not in _FLOAT_CODES:
+            raise ValueError(f"{name} is stored as {part.get_dtype()}: only BF16, F16 and F32 checkpoints convert "
+                             f"(quantized weights need their scales, which this reader does not apply)")
         r = slice(*rows) if rows is not None else slice(None)
         tensor = part[r, slice(*cols)] if cols is not None else part[r]
         self.bytes_read[name] += tensor.numel() * tensor.element_size()

@@ -127,8 +127,13 @@ def _rope(cfg: Mapping[str, Any]) -> tuple[float, Optional[float]]:
     return float(theta), float(params["factor"])
 
 
-def _check_attention(cfg: Mapping[str, Any], family: Family, seq_length: int) -> None:
-    """ValueError for MoE, biases the family cannot carry, a short sliding window, non-SwiGLU MLPs."""
+def _check_supported(cfg: Mapping[str, Any], family: Family, seq_length: int) -> None:
+    """ValueError for MoE, quantized weights, biases the family cannot carry, a short sliding window,
+    non-SwiGLU MLPs."""
+    if cfg.get("quantization_config"):
+        method = cfg["quantization_config"].get("quant_method", "?") if isinstance(
+            cfg["quantization_config"], Mapping) else "?"
+        raise ValueError(f"quantized checkpoints ({method}) are not supported: convert from bf16/fp16/fp32 weights")
     moe = {k: cfg[k] for k in _MOE_KEYS if cfg.get(k)}
     if moe:
         raise ValueError(f"mixture-of-experts models are not supported ({moe}); dense decoders only")
@@ -161,7 +166,7 @@ def describe(hf_config: Mapping[str, Any], *, seq_length: int) -> HFModel:
     anything the converter cannot reproduce exactly.
     """
     family = family_for(hf_config)
-    _check_attention(hf_config, family, seq_length)
+    _check_supported(hf_config, family, seq_length)
     theta, factor = _rope(hf_config)
     heads = hf_config["num_attention_heads"]
     hidden = hf_config["hidden_size"]

@@ -49,10 +49,26 @@ def _forward(layout, hf_dir: str, tokens: torch.Tensor):
     return full[..., :VOCAB], bytes_read, state
 
 
+def _teacher_follows_the_loaded_student(layout, hf_dir: str) -> bool:
+    """The README's recipe: build with a teacher, load the student, sync; both hold the HF weights."""
+    from nemo_mft.hf import describe, gpt_options, layer_spec, load_hf_into, read_config, transformer_config
+    from nemo_mft.megatron import build_model, sync_teacher_from_student, unwrap
+
+    model = describe(read_config(hf_dir), seq_length=SEQ)
+    opts = gpt_options(model, tp_size=layout.tp_size, seq_length=SEQ, make_vocab_size_divisible_by=DIVISIBLE_BY)
+    chunks = build_model(transformer_config(model, tp_size=layout.tp_size, pp_size=layout.pp_size),
+                         layer_spec(model), opts, groups=layout.groups, with_teacher=True)
+    mft = unwrap(chunks[0])
+    load_hf_into(mft.student, hf_dir, model, layout.groups)
+    sync_teacher_from_student(chunks)
+    student, teacher = mft.student.state_dict(), mft.teacher.state_dict()
+    return all(torch.equal(student[k], teacher[k]) for k in student if isinstance(student[k], torch.Tensor))
+
+
 def run_all(rank: int, world_size: int, cases: dict, tokens: torch.Tensor) -> dict:
     from nemo_mft.megatron import destroy_parallel, initialize_parallel, megatron_on_cpu
 
-    logits, bytes_read, states = {}, {}, {}
+    logits, bytes_read, states, teacher_synced = {}, {}, {}, {}
     with megatron_on_cpu():
         for tp, pp in LAYOUTS:
             layout = initialize_parallel(tp, pp, seed=3)
@@ -63,5 +79,6 @@ def run_all(rank: int, world_size: int, cases: dict, tokens: torch.Tensor) -> di
                     bytes_read[(name, tp, pp)] = read
                 if tp == 1 and pp == 1:
                     states[name] = state
+            teacher_synced[(tp, pp)] = _teacher_follows_the_loaded_student(layout, cases["qwen3"])
             destroy_parallel()
-    return {"logits": logits, "bytes_read": bytes_read, "states": states}
+    return {"logits": logits, "bytes_read": bytes_read, "states": states, "teacher_synced": teacher_synced}

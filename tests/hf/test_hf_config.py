@@ -81,8 +81,10 @@ def test_unknown_architecture_lists_the_supported_ones(config):
                             "original_max_position_embeddings": 131072, "rope_theta": 5e5}),
      "original_max_position_embeddings"),
     (_with(layer_types=["full_attention", "chunked_attention"]), "layer_types"),
+    (_with(quantization_config={"quant_method": "fp8"}), "quantized checkpoints \\(fp8\\)"),
 ], ids=["llama-moe", "qwen2-moe", "mistral-window", "qwen2-window", "llama-attn-bias", "llama-mlp-bias",
-        "qwen3-attn-bias", "gelu", "yarn", "llama3-low", "llama3-original", "layer-types"])
+        "qwen3-attn-bias", "gelu", "yarn", "llama3-low", "llama3-original", "layer-types",
+        "quantized"])
 def test_unsupported_settings_are_refused_clearly(config, message):
     with pytest.raises(ValueError, match=message):
         describe(config, seq_length=12)
@@ -107,3 +109,20 @@ def test_every_family_is_one_entry_with_llama_names():
     assert FAMILIES["Qwen3ForCausalLM"].layer_tensor("q_norm", 3) == "model.layers.3.self_attn.q_norm.weight"
     assert FAMILIES["Qwen2ForCausalLM"].layer_tensor("v_bias", 0) == "model.layers.0.self_attn.v_proj.bias"
     assert "q_bias" not in FAMILIES["LlamaForCausalLM"].layer_names
+
+
+def test_reader_refuses_non_float_tensors(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from nemo_mft.hf import SafetensorsReader
+
+    save_file({"w": torch.zeros(2, 2, dtype=torch.int8), "n": torch.ones(4)}, str(tmp_path / "model.safetensors"))
+    with SafetensorsReader(str(tmp_path)) as reader:
+        assert reader.read("n", rows=(1, 3)).tolist() == [1.0, 1.0] and reader.bytes_read["n"] == 8
+        with pytest.raises(ValueError, match="only BF16, F16 and F32"):
+            reader.read("w")
+        with pytest.raises(KeyError, match="no tensor 'x'"):
+            reader.read("x")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        SafetensorsReader(str(tmp_path / "missing"))

@@ -67,3 +67,7 @@ def test_pp2_first_stage_reads_only_its_layers(hf_job):
         assert not [k for k in read if k.startswith("model.layers.1.")], name
         assert "model.norm.weight" not in read and "lm_head.weight" not in read, name
         assert "model.embed_tokens.weight" in read, name
+
+
+def test_teacher_is_synced_from_the_loaded_student(hf_job):
+    assert hf_job["teacher_synced"] == {layout: True for layout in LAYOUTS}
