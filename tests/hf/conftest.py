@@ -1,4 +1,4 @@
-"""The tiny HF checkpoints (built once per session) and the one spawned 2-rank job that imports them all."""
+"""The tiny HF checkpoints (built once per session) and the one spawned 4-rank job that imports them all."""
 
 from __future__ import annotations
 
@@ -30,4 +30,4 @@ def hf_job(hf_dirs, tokens) -> dict:
     from dist_utils import run_distributed
     from hf_job import run_all
 
-    return run_distributed(run_all, 2, hf_dirs, tokens)
+    return run_distributed(run_all, 4, hf_dirs, tokens)

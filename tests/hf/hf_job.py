@@ -1,4 +1,5 @@
-"""The spawned 2-rank gloo job behind tests/hf: import every case at TP=1, TP=2 and PP=2, run a forward.
+"""The spawned 4-rank gloo job behind tests/hf: import every case at TP=1, TP=2, PP=2 and TP=2 x PP=2, run
+a forward.
 
 Returns (rank 0) logits per (case, tp, pp) cut to the true vocabulary, the bytes read per HF tensor by rank
 0 (TP rank 0 of TP=2, stage 0 of PP=2), and each case's full TP=1 megatron state dict (for the export round trip).
@@ -11,7 +12,7 @@ import torch.distributed as dist
 
 from hf_models import BATCH, DIVISIBLE_BY, SEQ, VOCAB
 
-LAYOUTS = ((1, 1), (2, 1), (1, 2))
+LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2))
 
 
 def _forward(layout, hf_dir: str, tokens: torch.Tensor):

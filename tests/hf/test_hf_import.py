@@ -1,7 +1,7 @@
 """Streaming HF import: megatron-core loaded from each family's checkpoint gives transformers' logits.
 
 transformers is the independent reference (its own rotary, GQA, biases, q/k norms, llama3 rope scaling).
-One spawned 2-rank job (conftest `hf_job`) imports every case at TP=1 (DP=2), TP=2 and PP=2.
+One spawned 4-rank job (conftest `hf_job`) imports every case at TP=1, TP=2, PP=2 and TP=2 x PP=2.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_tp2_rank_reads_only_its_slices(hf_job, hf_dirs):
     from nemo_mft.hf import SafetensorsReader
 
     for (name, tp, pp), read in hf_job["bytes_read"].items():
-        if tp != 2:
+        if (tp, pp) != (2, 1):
             continue
         with SafetensorsReader(hf_dirs[name]) as reader:
             sizes = {t: reader.read(t).numel() * reader.read(t).element_size() for t in reader.names()}
