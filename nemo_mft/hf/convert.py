@@ -156,17 +156,27 @@ def load_hf_into(gpt: torch.nn.Module, hf_dir: str, model: HFModel, groups, *,
         return dict(reader.bytes_read)
 
 
+# TransformerEngine's spec fuses the pre-attention / pre-MLP norms into the next linear layer.
+_TE_NAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+             "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+
+
 def _take(state: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
-    if name not in state:
-        raise KeyError(f"the megatron state dict has no {name!r}; is it a full GPTModel state (TP=1, PP=1)?")
-    return state[name]
+    if name in state:
+        return state[name]
+    prefix, _, tail = name.rpartition("decoder.layers.")
+    layer, _, sub = tail.partition(".")
+    if sub in _TE_NAMES and f"{prefix}decoder.layers.{layer}.{_TE_NAMES[sub]}" in state:
+        return state[f"{prefix}decoder.layers.{layer}.{_TE_NAMES[sub]}"]
+    raise KeyError(f"the megatron state dict has no {name!r}; is it a full GPTModel state (TP=1, PP=1)?")
 
 
 def megatron_to_hf(state: Mapping[str, torch.Tensor], model: HFModel) -> dict[str, torch.Tensor]:
     """HF tensors of ``model.family`` from a full (TP=1, PP=1) megatron GPTModel state dict.
 
     The inverse of the import: the fused tensors are split back, vocabulary padding rows (>= vocab_size)
-    are cut, and a tied model gets no ``lm_head.weight``. ``_extra_state`` entries are ignored.
+    are cut, and a tied model gets no ``lm_head.weight``. ``_extra_state`` entries are ignored. The norms
+    are also found under TransformerEngine's fused names (``linear_qkv.layer_norm_weight``, ...).
     """
     family, d, r = model.family, model.head_dim, model.heads_per_group
     ng, h, vocab = model.num_query_groups, model.hidden_size, model.vocab_size

@@ -20,7 +20,7 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "lo
 
 # name -> (config class, model class, extra config fields, save_pretrained max_shard_size, stored dtype)
 CASES = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", {}, "20KB", torch.float32),  # sharded: index + several files
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}, "20KB", torch.float32),  # sharded: index + files
     "llama_bf16": ("LlamaConfig", "LlamaForCausalLM", {}, None, torch.bfloat16),
     "llama_tied": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True}, None, torch.float32),
     "llama31": ("LlamaConfig", "LlamaForCausalLM", {"rope_parameters": LLAMA3_ROPE}, None, torch.float32),

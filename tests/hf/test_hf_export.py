@@ -85,3 +85,22 @@ def test_export_casts_and_writes_one_file_below_the_shard_size(tmp_path):
         assert handle.get_tensor("w").dtype == torch.bfloat16
     assert json.loads((tmp_path / "o" / "config.json").read_text())["dtype"] == "bfloat16"
     assert json.loads((tmp_path / "o" / "generation_config.json").read_text())["eos_token_id"] == 2
+
+
+def test_export_reads_transformer_engine_norm_names(hf_job, hf_dirs):
+    from nemo_mft.hf import describe, megatron_to_hf, read_config
+
+    te_names = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+                "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+    state = {}
+    for key, tensor in hf_job["states"]["llama"].items():
+        for local, te in te_names.items():
+            key = key.replace(local, te)
+        state[key] = tensor
+    model = describe(read_config(hf_dirs["llama"]), seq_length=12)
+    exported = megatron_to_hf(state, model)
+    source = _source_tensors(hf_dirs["llama"])
+    assert sorted(exported) == sorted(source)
+    assert all(torch.equal(exported[k], source[k]) for k in source)
+    with pytest.raises(KeyError, match="full GPTModel state"):
+        megatron_to_hf({k: v for k, v in state.items() if "layers.1.mlp.linear_fc2" not in k}, model)
