@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from megatron.core.models.gpt import GPTModel
@@ -39,6 +40,8 @@ class GPTOptions:
         position_embedding_type: "rope" or "learned_absolute".
         rotary_base: RoPE theta.
         share_embeddings_and_output_weights: the output layer reuses the input embedding (tied).
+        rope_scaling_factor: Llama 3.1 ("llama3") rope scaling with this factor, None for none; megatron-core
+            fixes its other parameters (low 1, high 4, original context 8192).
     """
 
     padded_vocab_size: int
@@ -46,6 +49,7 @@ class GPTOptions:
     position_embedding_type: str = "rope"
     rotary_base: int = 10000
     share_embeddings_and_output_weights: bool = False
+    rope_scaling_factor: Optional[float] = None
 
     def __post_init__(self) -> None:
         for name in ("padded_vocab_size", "max_sequence_length", "rotary_base"):
@@ -55,6 +59,9 @@ class GPTOptions:
         if self.position_embedding_type not in POSITION_EMBEDDINGS:
             raise ValueError(f"position_embedding_type must be one of {POSITION_EMBEDDINGS}, "
                              f"got {self.position_embedding_type!r}")
+        if self.rope_scaling_factor is not None and not (
+                isinstance(self.rope_scaling_factor, (int, float)) and self.rope_scaling_factor > 0):
+            raise ValueError(f"rope_scaling_factor must be None or > 0, got {self.rope_scaling_factor!r}")
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
@@ -101,6 +108,8 @@ def _build_gpt(config: TransformerConfig, layer_spec: ModuleSpec, gpt: GPTOption
         share_embeddings_and_output_weights=gpt.share_embeddings_and_output_weights,
         position_embedding_type=gpt.position_embedding_type,
         rotary_base=gpt.rotary_base,
+        rope_scaling=gpt.rope_scaling_factor is not None,
+        rope_scaling_factor=gpt.rope_scaling_factor if gpt.rope_scaling_factor is not None else 8.0,
         pg_collection=groups,
     )
     if torch.cuda.is_available():

@@ -37,6 +37,7 @@ def test_unsupported_layouts_raise(field, value, match):
     (dict(padded_vocab_size=0, max_sequence_length=8), "padded_vocab_size must be an integer >= 1"),
     (dict(padded_vocab_size=128, max_sequence_length=0), "max_sequence_length must be an integer >= 1"),
     (dict(padded_vocab_size=128, max_sequence_length=8, position_embedding_type="alibi"), "position_embedding_type"),
+    (dict(padded_vocab_size=128, max_sequence_length=8, rope_scaling_factor=0.0), "rope_scaling_factor"),
 ])
 def test_gpt_options_validate_themselves(fields, match):
     with pytest.raises(ValueError, match=match):
