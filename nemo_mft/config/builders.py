@@ -15,7 +15,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from nemo_mft.config.schema import ModelSection, OptimizerSection
-from nemo_mft.megatron.model import GPTOptions, padded_vocab_size
+from nemo_mft.megatron.model import GPTOptions, local_spec_settings, padded_vocab_size
 
 __all__ = ["PARAMS_DTYPES", "transformer_config", "layer_spec", "gpt_options", "optimizer_config"]
 
@@ -23,11 +23,8 @@ PARAMS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def transformer_config(model: ModelSection) -> TransformerConfig:
-    """megatron TransformerConfig for ``model``: per-token loss normalization, no fused kernels needing TE/apex.
-
-    ``calculate_per_token_loss=True``: the loss function returns (sum, token count) per micro-batch and
-    finalize_model_grads divides the gradients by the global token count.
-    """
+    """megatron TransformerConfig for ``model``, with the settings of `nemo_mft.megatron.local_spec_settings`
+    (per-token loss normalization, no fused kernels needing TE/apex)."""
     dtype = PARAMS_DTYPES[model.params_dtype]
     gated = model.activation == "swiglu"
     return TransformerConfig(
@@ -52,16 +49,8 @@ def transformer_config(model: ModelSection) -> TransformerConfig:
         virtual_pipeline_model_parallel_size=model.virtual_pipeline_model_parallel_size,
         context_parallel_size=model.context_parallel_size,
         sequence_parallel=model.sequence_parallel,
-        calculate_per_token_loss=True,
-        use_cpu_initialization=not torch.cuda.is_available(),
         perform_initialization=True,
-        # Fusions off: they need TE/apex or torch.compile, which the local spec does not assume.
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
+        **local_spec_settings(),
     )
 
 

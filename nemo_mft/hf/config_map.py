@@ -26,7 +26,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from nemo_mft.hf.families import Family, family_for
-from nemo_mft.megatron.model import GPTOptions, padded_vocab_size
+from nemo_mft.megatron.model import GPTOptions, local_spec_settings, padded_vocab_size
 
 __all__ = ["HFModel", "read_config", "describe", "transformer_config", "layer_spec", "gpt_options",
            "MEGATRON_LLAMA3_ROPE"]
@@ -218,15 +218,8 @@ def transformer_config(model: HFModel, *, tp_size: int = 1, pp_size: int = 1,
         pipeline_dtype=params_dtype,
         tensor_model_parallel_size=tp_size,
         pipeline_model_parallel_size=pp_size,
-        calculate_per_token_loss=True,
-        use_cpu_initialization=not torch.cuda.is_available(),
         perform_initialization=False,  # every weight is loaded from the checkpoint
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
+        **local_spec_settings(),
     )
 
 

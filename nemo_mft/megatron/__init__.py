@@ -12,7 +12,8 @@ group), `forward_step`, `optim` (DDP + optimizer), `schedule` (micro-batch loops
 from nemo_mft.megatron.cpu_compat import cpu_fallback_active, megatron_on_cpu
 from nemo_mft.megatron.forward_step import REPORT_KEYS, MFTForwardStep, make_forward_step
 from nemo_mft.megatron.mft_model import MFTModel
-from nemo_mft.megatron.model import GPTOptions, build_model, padded_vocab_size, sync_teacher_from_student, unwrap
+from nemo_mft.megatron.model import (GPTOptions, build_model, local_spec_settings, padded_vocab_size,
+                                     sync_teacher_from_student, unwrap)
 from nemo_mft.megatron.optim import build_optimizer, wrap_with_ddp
 from nemo_mft.megatron.parallel import (ParallelLayout, destroy_parallel, init_distributed, initialize_parallel,
                                         layout_of)
@@ -21,7 +22,8 @@ from nemo_mft.megatron.schedule import StepResult, run_microbatches, train_step,
 
 __all__ = [
     "megatron_on_cpu", "cpu_fallback_active", "REPORT_KEYS", "MFTForwardStep", "make_forward_step", "MFTModel",
-    "GPTOptions", "build_model", "padded_vocab_size", "sync_teacher_from_student", "unwrap", "build_optimizer",
-    "wrap_with_ddp", "ParallelLayout", "destroy_parallel", "init_distributed", "initialize_parallel", "layout_of",
-    "L2ToInitial", "StepResult", "run_microbatches", "train_step", "with_teacher_activations",
+    "GPTOptions", "build_model", "local_spec_settings", "padded_vocab_size", "sync_teacher_from_student", "unwrap",
+    "build_optimizer", "wrap_with_ddp", "ParallelLayout", "destroy_parallel", "init_distributed",
+    "initialize_parallel", "layout_of", "L2ToInitial", "StepResult", "run_microbatches", "train_step",
+    "with_teacher_activations",
 ]

@@ -23,7 +23,7 @@ from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
 from nemo_mft.megatron.mft_model import MFTModel
 
-__all__ = ["GPTOptions", "padded_vocab_size", "check_supported_layout", "build_model",
+__all__ = ["GPTOptions", "local_spec_settings", "padded_vocab_size", "check_supported_layout", "build_model",
            "sync_teacher_from_student", "unwrap"]
 
 POSITION_EMBEDDINGS = ("rope", "learned_absolute")
@@ -62,6 +62,18 @@ class GPTOptions:
         if self.rope_scaling_factor is not None and not (
                 isinstance(self.rope_scaling_factor, (int, float)) and self.rope_scaling_factor > 0):
             raise ValueError(f"rope_scaling_factor must be None or > 0, got {self.rope_scaling_factor!r}")
+
+
+def local_spec_settings() -> dict:
+    """``TransformerConfig`` fields this layer expects with megatron-core's local layer spec.
+
+    Per-token loss normalization (the loss function returns (sum, token count) and finalize_model_grads
+    divides by the global count), CPU initialization on a machine without CUDA, and no fused kernels (they
+    need TransformerEngine, apex or torch.compile, which the local spec does not assume).
+    """
+    return dict(calculate_per_token_loss=True, use_cpu_initialization=not torch.cuda.is_available(),
+                bias_activation_fusion=False, masked_softmax_fusion=False, bias_dropout_fusion=False,
+                apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False)
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
