@@ -239,6 +239,8 @@ def main(argv=None) -> int:
     for layout in args.layouts.split(","):
         tp, pp = (int(x) for x in layout.lower().split("x"))
         rows += measure("import", hf_dir, args.repeats, tp, pp)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, torch {__import__('torch').__version__}")
     print(f"checkpoint: {hf_dir} ({sum(os.path.getsize(p) for p in _files(hf_dir)) / 1e6:.1f} MB of safetensors)")
     print(f"{os.cpu_count()} CPUs; median of {args.repeats} fresh runs per row; imports use "
           f"cpu_count // procs torch threads per rank")
