@@ -401,8 +401,8 @@ def _stored_shapes(path: str, *, weights_only: bool) -> dict[str, tuple[int, ...
 def _only_padding_differs(want: ExpectedTensor, found: tuple[int, ...], vocab_size: Optional[int]) -> bool:
     """Whether a vocabulary tensor differs only in padding rows: same other dimensions, and both the stored
     and the expected rows cover the ``vocab_size`` tokens (unknown ``vocab_size``: never)."""
-    return (want.vocab_padded and vocab_size is not None and want.shape[1:] == found[1:]
-            and min(want.shape[0], found[0]) >= vocab_size)
+    return (want.vocab_padded and vocab_size is not None and want.shape[0] != found[0]
+            and want.shape[1:] == found[1:] and min(want.shape[0], found[0]) >= vocab_size)
 
 
 def _compare(expected: dict[str, ExpectedTensor], stored: dict[str, tuple[int, ...]],

@@ -38,3 +38,20 @@ def test_refusals_name_the_problem(job):
 def test_weights_load_into_another_layout(job):
     assert job["pretrained_into_tp1"], "the TP=2 checkpoint's full embedding must arrive whole in a TP=1 model"
     assert job["teacher_synced"]
+
+
+def test_only_a_real_padding_difference_is_accepted():
+    """The structure check's comparison, without a checkpoint: equal shapes are no padding difference (no
+    warning), a padding difference is accepted only when both sides hold every token row."""
+    from nemo_mft.training.checkpointing import ExpectedTensor, _compare
+
+    embedding = ExpectedTensor(shape=(128, 32), vocab_padded=True)
+    norm = ExpectedTensor(shape=(32,), vocab_padded=False)
+    expected = {"embedding.word_embeddings.weight": embedding, "decoder.final_layernorm.weight": norm}
+    same = {"embedding.word_embeddings.weight": (128, 32), "decoder.final_layernorm.weight": (32,)}
+    assert _compare(expected, same, vocab_size=100) == ([], {})
+    repadded = dict(same, **{"embedding.word_embeddings.weight": (112, 32)})
+    assert _compare(expected, repadded, vocab_size=100) == ([], {"embedding.word_embeddings.weight": (112, 128)})
+    problems, padding = _compare(expected, repadded, vocab_size=120)  # 112 stored rows cannot hold 120 tokens
+    assert padding == {} and problems == ["embedding.word_embeddings.weight: expected [128, 32], found [112, 32]"]
+    assert _compare(expected, repadded, vocab_size=None)[0] != []  # unknown vocabulary: refused
