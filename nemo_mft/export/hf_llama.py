@@ -21,22 +21,19 @@ Name and layout mapping, per layer i (h = hidden size, d = head dim, nq heads, n
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
+from nemo_mft.hf.checkpoint_io import save_hf_dir
 from nemo_mft.megatron.model import GPTOptions
 
 __all__ = ["check_llama_compatible", "llama_config", "convert_to_hf_llama", "save_hf_llama"]
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _SHARD_BYTES = 5 * 1024**3  # HF's default max shard size
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
 def check_llama_compatible(config: TransformerConfig, gpt: GPTOptions) -> None:
@@ -151,18 +148,6 @@ def convert_to_hf_llama(
     return out
 
 
-def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    shards, current, size = [], {}, 0
-    for name, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if current and size + nbytes > _SHARD_BYTES:
-            shards.append(current)
-            current, size = {}, 0
-        current[name] = tensor
-        size += nbytes
-    return shards + [current] if current else shards
-
-
 def save_hf_llama(
     out_dir: str,
     state: Mapping[str, torch.Tensor],
@@ -176,41 +161,16 @@ def save_hf_llama(
     bos_token_id: Optional[int] = None,
     eos_token_id: Optional[int] = None,
 ) -> list[str]:
-    """Write config.json, safetensors weights (sharded above 5 GiB) and the tokenizer files to ``out_dir``.
+    """Write config.json, generation_config.json, safetensors weights (sharded above 5 GiB) and the tokenizer
+    files to ``out_dir`` (`nemo_mft.hf.checkpoint_io.save_hf_dir`).
 
     ``out_dir`` must not exist or be empty: an export never overwrites files. Returns the written paths.
     """
-    from safetensors.torch import save_file
-
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f"export directory {out_dir} is not empty; choose a new directory")
     hf_config = llama_config(config, gpt, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
                              dtype=dtype, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
-    tensors = {name: t.detach().to("cpu", _DTYPES[dtype]).contiguous()
-               for name, t in convert_to_hf_llama(state, config, gpt, vocab_size=vocab_size).items()}
-    os.makedirs(out_dir, exist_ok=True)
-    written = [os.path.join(out_dir, "config.json")]
-    with open(written[0], "w") as handle:
-        json.dump(hf_config, handle, indent=2)
-    shards = _shards(tensors)
-    if len(shards) == 1:
-        names = ["model.safetensors"]
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                 "weight_map": {key: name for name, shard in zip(names, shards) for key in shard}}
-        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as handle:
-            json.dump(index, handle, indent=2)
-        written.append(os.path.join(out_dir, "model.safetensors.index.json"))
-    for name, shard in zip(names, shards):
-        save_file(shard, os.path.join(out_dir, name), metadata={"format": "pt"})
-        written.append(os.path.join(out_dir, name))
+    tensors = convert_to_hf_llama(state, config, gpt, vocab_size=vocab_size)
+    tokenizer_dir = None
     if tokenizer_path:
-        source = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
-        for name in _TOKENIZER_FILES:
-            if os.path.isfile(os.path.join(source, name)):
-                shutil.copy2(os.path.join(source, name), os.path.join(out_dir, name))
-                written.append(os.path.join(out_dir, name))
-    return written
+        tokenizer_dir = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
+    return save_hf_dir(out_dir, tensors, hf_config, tokenizer_dir=tokenizer_dir, max_shard_size=_SHARD_BYTES,
+                       dtype=dtype)
