@@ -14,17 +14,26 @@ from megatron.core.optimizer import OptimizerConfig
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from nemo_mft.config.schema import ModelSection, OptimizerSection
+from nemo_mft.config.schema import SCRATCH_ARCHITECTURE, ModelSection, OptimizerSection
 from nemo_mft.megatron.model import GPTOptions, local_spec_settings, padded_vocab_size
 
-__all__ = ["PARAMS_DTYPES", "transformer_config", "layer_spec", "gpt_options", "optimizer_config"]
+__all__ = ["PARAMS_DTYPES", "transformer_config", "layer_spec", "embedding_rows", "gpt_options", "optimizer_config"]
 
 PARAMS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def _complete(model: ModelSection) -> ModelSection:
+    if not model.is_complete:
+        unset = [k for k in SCRATCH_ARCHITECTURE if getattr(model, k) is None]
+        raise ValueError(f"model.{unset[0]} is not set: resolve the base model first "
+                         "(nemo_mft.training.base_model.resolve_base_model) or use ModelSection.with_scratch_defaults()")
+    return model
+
+
 def transformer_config(model: ModelSection) -> TransformerConfig:
-    """megatron TransformerConfig for ``model``, with the settings of `nemo_mft.megatron.local_spec_settings`
-    (per-token loss normalization, no fused kernels needing TE/apex)."""
+    """megatron TransformerConfig for ``model`` (complete: every architecture key set), with the settings of
+    `nemo_mft.megatron.local_spec_settings` (per-token loss normalization, no fused kernels needing TE/apex)."""
+    model = _complete(model)
     dtype = PARAMS_DTYPES[model.params_dtype]
     gated = model.activation == "swiglu"
     return TransformerConfig(
@@ -35,9 +44,12 @@ def transformer_config(model: ModelSection) -> TransformerConfig:
         ffn_hidden_size=model.ffn_hidden_size,
         kv_channels=model.kv_channels,
         normalization=model.normalization,
+        layernorm_epsilon=model.layernorm_epsilon,
         activation_func=F.silu if gated else F.gelu,
         gated_linear_unit=gated,
         add_bias_linear=model.add_bias_linear,
+        add_qkv_bias=model.add_qkv_bias,
+        qk_layernorm=model.qk_layernorm,
         hidden_dropout=model.hidden_dropout,
         attention_dropout=model.attention_dropout,
         init_method_std=model.init_method_std,
@@ -56,17 +68,31 @@ def transformer_config(model: ModelSection) -> TransformerConfig:
 
 def layer_spec(model: ModelSection) -> ModuleSpec:
     """megatron-core's local (no TransformerEngine) GPT layer spec for ``model``."""
-    return get_gpt_layer_local_spec(normalization=model.normalization)
+    model = _complete(model)
+    return get_gpt_layer_local_spec(normalization=model.normalization, qk_layernorm=model.qk_layernorm)
+
+
+def embedding_rows(model: ModelSection, tokenizer_vocab_size: int) -> int:
+    """The model's vocabulary rows before TP padding: ``model.vocab_size``, else the tokenizer's; a tokenizer
+    with more tokens than the model has rows is an error."""
+    rows = model.vocab_size or tokenizer_vocab_size
+    if tokenizer_vocab_size > rows:
+        raise ValueError(f"the tokenizer has {tokenizer_vocab_size} tokens but model.vocab_size is {rows}: "
+                         "tokens beyond the embedding could not be predicted; is it the model's own tokenizer?")
+    return rows
 
 
 def gpt_options(model: ModelSection, *, vocab_size: int, seq_length: int) -> GPTOptions:
-    """GPTModel arguments for ``model`` over the tokenizer's ``vocab_size``, padded for the TP size."""
+    """GPTModel arguments for ``model`` whose tokenizer has ``vocab_size`` tokens: `embedding_rows` padded
+    for the TP size."""
+    model = _complete(model)
     return GPTOptions(
-        padded_vocab_size=padded_vocab_size(vocab_size, model.make_vocab_size_divisible_by,
+        padded_vocab_size=padded_vocab_size(embedding_rows(model, vocab_size), model.make_vocab_size_divisible_by,
                                             model.tensor_model_parallel_size),
         max_sequence_length=seq_length,
         position_embedding_type=model.position_embedding_type,
         rotary_base=model.rotary_base,
+        rope_scaling_factor=model.rope_scaling_factor,
         share_embeddings_and_output_weights=model.share_embeddings_and_output_weights,
     )
 

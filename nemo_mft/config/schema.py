@@ -9,7 +9,7 @@ objects, whose `__post_init__` checks values, before any process group or model 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
 from omegaconf import MISSING
@@ -28,22 +28,48 @@ def _positive(section: str, **values) -> None:
         _require(isinstance(value, int) and value >= 1, f"{section}.{name} must be an integer >= 1, got {value!r}")
 
 
+# The model of a run trained from scratch (no checkpoint.pretrained_checkpoint): what ModelSection's
+# architecture keys left null become. With a Hugging Face base model they come from its config.json instead
+# (`nemo_mft.config.base_model`).
+SCRATCH_ARCHITECTURE = {
+    "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "normalization": "LayerNorm",
+    "activation": "gelu", "position_embedding_type": "rope", "rotary_base": 10000, "add_bias_linear": True,
+    "add_qkv_bias": False, "qk_layernorm": False, "layernorm_epsilon": 1e-5,
+    "share_embeddings_and_output_weights": False,
+}
+# Keys that may stay null in a complete model (null has a meaning: derived by megatron-core or the tokenizer).
+OPTIONAL_ARCHITECTURE = ("num_query_groups", "ffn_hidden_size", "kv_channels", "rope_scaling_factor", "vocab_size")
+ARCHITECTURE_KEYS = tuple(SCRATCH_ARCHITECTURE) + OPTIONAL_ARCHITECTURE
+
+
 @dataclass
 class ModelSection:
-    """A megatron-core GPT (local transformer spec) and its parallel layout."""
+    """A megatron-core GPT (local transformer spec) and its parallel layout.
 
-    num_layers: int = 2
-    hidden_size: int = 64
-    num_attention_heads: int = 4
-    num_query_groups: Optional[int] = None
-    ffn_hidden_size: Optional[int] = None
-    kv_channels: Optional[int] = None
-    normalization: str = "LayerNorm"  # or RMSNorm
-    activation: str = "gelu"  # or swiglu
-    position_embedding_type: str = "rope"  # or learned_absolute
-    rotary_base: int = 10000
-    add_bias_linear: bool = True
-    share_embeddings_and_output_weights: bool = False
+    The architecture keys (`ARCHITECTURE_KEYS`) default to null: with a Hugging Face base model
+    (``checkpoint.pretrained_checkpoint``) they are read from its config.json, and a value set here that
+    contradicts it is an error; otherwise null means `SCRATCH_ARCHITECTURE` (`with_scratch_defaults`).
+    """
+
+    num_layers: Optional[int] = None
+    hidden_size: Optional[int] = None
+    num_attention_heads: Optional[int] = None
+    num_query_groups: Optional[int] = None  # null: num_attention_heads (no GQA)
+    ffn_hidden_size: Optional[int] = None  # null: 4 x hidden_size
+    kv_channels: Optional[int] = None  # head dim; null: hidden_size / num_attention_heads
+    normalization: Optional[str] = None  # LayerNorm or RMSNorm
+    layernorm_epsilon: Optional[float] = None
+    activation: Optional[str] = None  # gelu or swiglu
+    position_embedding_type: Optional[str] = None  # rope or learned_absolute
+    rotary_base: Optional[int] = None
+    rope_scaling_factor: Optional[float] = None  # Llama 3.1 "llama3" rope scaling; null: none
+    add_bias_linear: Optional[bool] = None
+    add_qkv_bias: Optional[bool] = None  # q/k/v biases only (Qwen2)
+    qk_layernorm: Optional[bool] = None  # RMSNorm on queries and keys (Qwen3)
+    share_embeddings_and_output_weights: Optional[bool] = None
+    # Embedding rows before padding; null: the tokenizer's vocabulary. Rows beyond the tokenizer's
+    # vocabulary (e.g. Qwen's spare rows) and the padding for TP are never predicted by the loss.
+    vocab_size: Optional[int] = None
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     init_method_std: float = 0.02
@@ -56,41 +82,59 @@ class ModelSection:
     sequence_parallel: bool = False
 
     def __post_init__(self) -> None:
+        """Checks every value that is set; relations between architecture keys once all are set."""
         _positive(
-            "model", num_layers=self.num_layers, hidden_size=self.hidden_size,
-            num_attention_heads=self.num_attention_heads,
-            tensor_model_parallel_size=self.tensor_model_parallel_size,
+            "model", tensor_model_parallel_size=self.tensor_model_parallel_size,
             pipeline_model_parallel_size=self.pipeline_model_parallel_size,
             make_vocab_size_divisible_by=self.make_vocab_size_divisible_by,
+            **{k: getattr(self, k) for k in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                                             "ffn_hidden_size", "kv_channels", "vocab_size", "rotary_base")
+               if getattr(self, k) is not None},
         )
-        _require(self.hidden_size % self.num_attention_heads == 0 or self.kv_channels is not None,
-                 f"model.hidden_size {self.hidden_size} must be divisible by num_attention_heads "
-                 f"{self.num_attention_heads} (or set model.kv_channels)")
-        _require(self.num_attention_heads % self.tensor_model_parallel_size == 0,
-                 f"model.num_attention_heads {self.num_attention_heads} must be divisible by "
-                 f"tensor_model_parallel_size {self.tensor_model_parallel_size}")
-        groups = self.num_query_groups or self.num_attention_heads
-        _require(self.num_attention_heads % groups == 0 and groups % self.tensor_model_parallel_size == 0,
-                 f"model.num_query_groups {groups} must divide num_attention_heads and be divisible by "
-                 f"tensor_model_parallel_size")
-        _require(self.num_layers % self.pipeline_model_parallel_size == 0,
-                 f"model.num_layers {self.num_layers} must be divisible by pipeline_model_parallel_size "
-                 f"{self.pipeline_model_parallel_size}")
+        heads, tp = self.num_attention_heads, self.tensor_model_parallel_size
+        if heads is not None and self.hidden_size is not None:
+            _require(self.hidden_size % heads == 0 or self.kv_channels is not None,
+                     f"model.hidden_size {self.hidden_size} must be divisible by num_attention_heads {heads} "
+                     f"(or set model.kv_channels)")
+        if heads is not None:
+            _require(heads % tp == 0, f"model.num_attention_heads {heads} must be divisible by "
+                                      f"tensor_model_parallel_size {tp}")
+            groups = self.num_query_groups or heads
+            _require(heads % groups == 0 and groups % tp == 0,
+                     f"model.num_query_groups {groups} must divide num_attention_heads {heads} and be divisible by "
+                     f"tensor_model_parallel_size {tp} (TP splits attention by whole key/value groups)")
+        if self.num_layers is not None:
+            _require(self.num_layers % self.pipeline_model_parallel_size == 0,
+                     f"model.num_layers {self.num_layers} must be divisible by pipeline_model_parallel_size "
+                     f"{self.pipeline_model_parallel_size}")
         _require(self.virtual_pipeline_model_parallel_size is None,
                  "model.virtual_pipeline_model_parallel_size is not supported (the teacher runs stage by "
                  "stage beside the student); leave it null")
         _require(self.context_parallel_size == 1, "model.context_parallel_size > 1 is not supported yet")
-        _require(self.normalization in ("LayerNorm", "RMSNorm"),
-                 f"model.normalization must be LayerNorm or RMSNorm, got {self.normalization!r}")
-        _require(self.activation in ("gelu", "swiglu"), f"model.activation must be gelu or swiglu, got {self.activation!r}")
-        _require(self.position_embedding_type in ("rope", "learned_absolute"),
-                 f"model.position_embedding_type must be rope or learned_absolute, got {self.position_embedding_type!r}")
+        for name, allowed in (("normalization", ("LayerNorm", "RMSNorm")), ("activation", ("gelu", "swiglu")),
+                              ("position_embedding_type", ("rope", "learned_absolute"))):
+            value = getattr(self, name)
+            _require(value is None or value in allowed,
+                     f"model.{name} must be {' or '.join(allowed)}, got {value!r}")
+        _require(self.layernorm_epsilon is None or self.layernorm_epsilon > 0,
+                 f"model.layernorm_epsilon must be > 0, got {self.layernorm_epsilon!r}")
+        _require(self.rope_scaling_factor is None or self.rope_scaling_factor > 0,
+                 f"model.rope_scaling_factor must be null or > 0, got {self.rope_scaling_factor!r}")
         _require(self.params_dtype in ("fp32", "bf16"), f"model.params_dtype must be fp32 or bf16, got {self.params_dtype!r}")
         _require(not self.sequence_parallel or self.tensor_model_parallel_size > 1,
                  "model.sequence_parallel needs tensor_model_parallel_size > 1")
         for name in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"model.{name} must be in [0, 1), got {value!r}")
+
+    def with_scratch_defaults(self) -> "ModelSection":
+        """This section with every unset architecture key at its `SCRATCH_ARCHITECTURE` value (validated)."""
+        unset = {k: v for k, v in SCRATCH_ARCHITECTURE.items() if getattr(self, k) is None}
+        return replace(self, **unset) if unset else self
+
+    @property
+    def is_complete(self) -> bool:
+        return all(getattr(self, k) is not None for k in SCRATCH_ARCHITECTURE)
 
 
 @dataclass
@@ -187,12 +231,15 @@ class DatasetSection:
 
 @dataclass
 class TokenizerSection:
-    type: str = "byte"  # byte | huggingface
-    path: Optional[str] = None
+    # byte | huggingface; null: the base model's own tokenizer when checkpoint.pretrained_checkpoint is a
+    # Hugging Face model (or a checkpoint of one), else byte.
+    type: Optional[str] = None
+    path: Optional[str] = None  # huggingface: tokenizer.json or its directory; null: the base model's directory
 
     def __post_init__(self) -> None:
-        _require(self.type in ("byte", "huggingface"), f"tokenizer.type must be byte or huggingface, got {self.type!r}")
-        _require(self.type != "huggingface" or self.path, "tokenizer.path is required for tokenizer.type=huggingface")
+        _require(self.type in (None, "byte", "huggingface"),
+                 f"tokenizer.type must be byte or huggingface (or null), got {self.type!r}")
+        _require(self.type != "byte" or not self.path, f"tokenizer.type=byte takes no tokenizer.path, got {self.path!r}")
 
 
 @dataclass
@@ -286,6 +333,15 @@ class FinetuneConfig:
     mft: MFTSection = field(default_factory=MFTSection)
 
     def __post_init__(self) -> None:
+        if self.checkpoint.pretrained_checkpoint is None:  # from scratch: nothing to read the model from
+            self.model = self.model.with_scratch_defaults()
+            if self.tokenizer.type is None:
+                _require(not self.tokenizer.path, "tokenizer.path is set but tokenizer.type is null: set "
+                                                  "tokenizer.type=huggingface")
+                self.tokenizer = TokenizerSection(type="byte")
+            _require(self.tokenizer.type != "huggingface" or self.tokenizer.path,
+                     "tokenizer.path is required for tokenizer.type=huggingface (or start from a Hugging Face model "
+                     "with checkpoint.pretrained_checkpoint, whose tokenizer is then used)")
         decay_iters = self.scheduler.lr_decay_iters or self.train.train_iters
         _require(self.scheduler.lr_warmup_iters <= self.train.train_iters,
                  "scheduler.lr_warmup_iters must not exceed train.train_iters")

@@ -80,7 +80,7 @@ class ByteTokenizer:
         return "ByteTokenizer(vocab_size=259)"
 
 
-def _resolve_tokenizer_file(path: str) -> str:
+def resolve_tokenizer_file(path: str) -> str:
     """``path`` (a tokenizer.json file or a directory holding one) -> the file; clear errors otherwise."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"tokenizer path does not exist: {path}")
@@ -153,7 +153,7 @@ class HuggingFaceTokenizer:
                 "tokenizer type 'huggingface' needs the `tokenizers` package (pip install tokenizers)"
             ) from exc
 
-        self.path = _resolve_tokenizer_file(str(path))
+        self.path = resolve_tokenizer_file(str(path))
         try:
             self._tok = _HFTokenizer.from_file(self.path)
         except Exception as exc:  # the Rust side raises a bare Exception on a malformed file

@@ -4,6 +4,8 @@ Layout of ``checkpoint.save``::
 
     save/iter_0000020/                      one dist_checkpointing checkpoint per saved iteration
     save/iter_0000020/nemo_mft_manifest.json  sha256 and size of every other file of the checkpoint
+    save/iter_0000020/hf/                   the base model's Hugging Face config.json and tokenizer files, when
+                                            the run started from one (`BASE_MODEL_DIR`; what export writes back)
     save/latest_checkpointed_iteration.txt  "20": written atomically after iter_0000020 is complete
     save/nemo_mft_run.json                  the run marker (see nemo_mft.training.run_dir)
 
@@ -39,7 +41,7 @@ import os
 import random
 import re
 import shutil
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -53,6 +55,9 @@ MANIFEST_FILE = "nemo_mft_manifest.json"
 FORMAT_VERSION = 1
 MANIFEST_VERSION = 1
 STAGING_SUFFIX = ".tmp"
+# Subdirectory of a checkpoint with the Hugging Face config.json, tokenizer and generation files of the model
+# it was trained from: a checkpoint of an HF model is self-describing (export, reuse as pretrained_checkpoint).
+BASE_MODEL_DIR = "hf"
 _ITER_DIR = re.compile(r"^iter_(\d{7,})$")
 # What an interrupted save leaves: the staging directory, the replaced directory set aside, the tracker's
 # temporary file.
@@ -512,8 +517,21 @@ def _prune(root: str, iteration: int, keep_last: int) -> None:
         shutil.rmtree(iteration_dir(root, stale), ignore_errors=True)
 
 
-def _finish_save(root: str, staging: str, iteration: int, keep_last: int) -> None:
-    """Rank 0, once every rank's files are written: manifest, rename into place, tracker, pruning (in order)."""
+def _attach(staging: str, attachments: Mapping[str, str]) -> None:
+    """Copy ``attachments`` ({path relative to the checkpoint: source file}) into the staging directory."""
+    for relative, source in attachments.items():
+        target = os.path.join(staging, relative)
+        if os.path.isabs(relative) or os.path.normpath(relative).startswith(".."):
+            raise ValueError(f"attachment {relative!r} must be a path inside the checkpoint")
+        os.makedirs(os.path.dirname(target) or staging, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def _finish_save(root: str, staging: str, iteration: int, keep_last: int,
+                 attachments: Optional[Mapping[str, str]] = None) -> None:
+    """Rank 0, once every rank's files are written: attachments, manifest, rename into place, tracker,
+    pruning (in order)."""
+    _attach(staging, attachments or {})
     write_manifest(staging)
     _publish(staging, iteration_dir(root, iteration))
     _write_atomic(os.path.join(root, TRACKER_FILE), f"{iteration}\n")
@@ -521,13 +539,14 @@ def _finish_save(root: str, staging: str, iteration: int, keep_last: int) -> Non
 
 
 def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, layout, *,
-                    common: dict[str, Any], keep_last: int) -> str:
+                    common: dict[str, Any], keep_last: int, attachments: Optional[Mapping[str, str]] = None) -> str:
     """Save iteration ``iteration`` under ``root`` (collective: every rank calls it); returns its path.
 
-    The ranks write into ``iter_*.tmp``; once all shards and the metadata are written, rank 0 writes the
-    checksum manifest, renames the directory into place and then replaces the tracker file, so an
-    interrupted save never becomes "latest" nor leaves an ``iter_*`` directory. Then the oldest
-    checkpoints beyond ``keep_last`` (among iterations <= this one) are deleted.
+    The ranks write into ``iter_*.tmp``; once all shards and the metadata are written, rank 0 copies the
+    ``attachments`` ({path inside the checkpoint: source file}, e.g. the base model's files under
+    `BASE_MODEL_DIR`), writes the checksum manifest, renames the directory into place and then replaces the
+    tracker file, so an interrupted save never becomes "latest" nor leaves an ``iter_*`` directory. Then
+    the oldest checkpoints beyond ``keep_last`` (among iterations <= this one) are deleted.
     """
     from megatron.core import dist_checkpointing
 
@@ -547,8 +566,34 @@ def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, lay
     }
     dist_checkpointing.save(state, staging)
     _barrier()  # every rank's shards are on disk before rank 0 hashes them
-    _on_rank0(lambda: _finish_save(root, staging, iteration, keep_last))
+    _on_rank0(lambda: _finish_save(root, staging, iteration, keep_last, attachments))
     return final
+
+
+def save_weights(root: str, chunks, layout, *, common: dict[str, Any],
+                 attachments: Optional[Mapping[str, str]] = None) -> str:
+    """A weights-only checkpoint (the student's model state, no optimizer or RNG) as iteration 0 of the new
+    save directory ``root`` (collective); returns its path. Loadable by :func:`load_pretrained_weights`
+    under any layout; what ``nemo-mft import`` writes."""
+    from megatron.core import dist_checkpointing
+
+    if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
+        raise CheckpointError(f"{root} exists and is not empty; choose a new directory")
+    final = iteration_dir(root, 0)
+    staging = f"{final}{STAGING_SUFFIX}"
+    _on_rank0(lambda: _prepare_staging(root, staging))
+    state = {"model": _model_state(chunks), "iteration": 0, "checkpoint_version": FORMAT_VERSION,
+             "layout": _layout_key(layout), **common}
+    dist_checkpointing.save(state, staging)
+    _barrier()
+    _on_rank0(lambda: _finish_save(root, staging, 0, 1, attachments))
+    return final
+
+
+def base_model_dir(checkpoint: str) -> Optional[str]:
+    """The `BASE_MODEL_DIR` of checkpoint directory ``checkpoint`` when it has a config.json, else None."""
+    path = os.path.join(checkpoint, BASE_MODEL_DIR)
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None
 
 
 # ------------------------------------------------------------------------------------ load

@@ -36,8 +36,8 @@ import torch
 from nemo_mft.config import builders
 from nemo_mft.config.schema import FinetuneConfig
 from nemo_mft.data import MicroBatchSampler, num_microbatches, train_micro_batches
-from nemo_mft.training.checkpointing import (load_checkpoint, load_pretrained_weights, read_common_state,
-                                             save_checkpoint)
+from nemo_mft.training.base_model import BaseModel, load_base_weights, resolve_base_model
+from nemo_mft.training.checkpointing import load_checkpoint, read_common_state, save_checkpoint
 from nemo_mft.training.evaluation import Evaluator
 from nemo_mft.training.guards import DirectoryLock, DivergenceGuard, RunFailed, StopSignals, TrainingDiverged
 from nemo_mft.training.inputs import RunData, load_run_data
@@ -103,9 +103,12 @@ def _check_resume(config: FinetuneConfig, plan: RunPlan, current: dict) -> bool:
 
 @dataclass(frozen=True)
 class CheckedRun:
-    """What step 1 found: the directories' plan, the data, the recipe's fingerprint (stored in every
-    checkpoint) and whether the LR schedule follows the recipe on resume (see `_check_resume`)."""
+    """What step 1 found: the recipe completed from its base model (`base_model.resolve_base_model`), the
+    base model (None: from scratch), the directories' plan, the data, the recipe's fingerprint (stored in
+    every checkpoint) and whether the LR schedule follows the recipe on resume (see `_check_resume`)."""
 
+    config: FinetuneConfig
+    base: Optional[BaseModel]
     plan: RunPlan
     data: RunData
     recipe: dict
@@ -115,6 +118,7 @@ class CheckedRun:
 def check_run(config: FinetuneConfig) -> CheckedRun:
     """Step 1 of the module docstring, or :class:`SetupError`."""
     try:
+        config, base = resolve_base_model(config)
         config.check_world(world_size_from_env())
         _check_machine(config)
         plan = plan_run(config)
@@ -123,7 +127,7 @@ def check_run(config: FinetuneConfig) -> CheckedRun:
         schedule_from_recipe = plan.resume_from is None or _check_resume(config, plan, recipe)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as err:
         raise SetupError(str(err)) from err
-    return CheckedRun(plan, data, recipe, schedule_from_recipe)
+    return CheckedRun(config, base, plan, data, recipe, schedule_from_recipe)
 
 
 def _configure_logging(rank: int) -> None:
@@ -140,11 +144,15 @@ def _lr(optimizer) -> float:
 def run_finetune(config: FinetuneConfig, resolved_yaml: Optional[str] = None) -> Optional[dict]:
     """Run the recipe; returns the summary on global rank 0 (None elsewhere, or when exiting early).
 
-    ``resolved_yaml`` is written to ``log_dir/config.yaml`` (the CLI passes the resolved Hydra config).
+    ``resolved_yaml`` is written to ``log_dir/config.yaml`` (the CLI passes the resolved Hydra config);
+    when the base model filled in keys of the recipe, the completed recipe is written instead.
     torch.distributed is initialized here when it is not already (and torn down again at the end). On a
     machine without CUDA, call it inside `nemo_mft.megatron.megatron_on_cpu` (the CLI does).
     """
     checked = check_run(config)
+    if checked.config != config:
+        resolved_yaml = None
+    config = checked.config
 
     import torch.distributed as dist
 
@@ -206,11 +214,14 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
     chunks = nm.build_model(builders.transformer_config(config.model), builders.layer_spec(config.model),
                             builders.gpt_options(config.model, vocab_size=vocab_size, seq_length=seq_length),
                             groups=groups, with_teacher=objective.uses_teacher)
-    if plan.pretrained is not None:
-        load_pretrained_weights(plan.pretrained, chunks, vocab_size=vocab_size,
-                                verify_checksums=config.checkpoint.verify_checksums)
-        nm.sync_teacher_from_student(chunks)
-        logger.info("initial weights (student and teacher) from %s", plan.pretrained)
+    # Rows that hold the model's vocabulary (>= the tokenizer's): what a checkpoint must keep when it pads
+    # the vocabulary for another TP size. The loss predicts only the tokenizer's vocab_size tokens.
+    vocab_rows = builders.embedding_rows(config.model, vocab_size)
+    base_model = checked.base
+    if base_model is not None:
+        load_base_weights(base_model, chunks, groups, vocab_rows=vocab_rows,
+                          verify_checksums=config.checkpoint.verify_checksums)
+        logger.info("initial weights (student and teacher) from the %s", base_model.describe())
     else:
         logger.warning("checkpoint.pretrained_checkpoint is null: the model (and its teacher) start from a "
                        "seeded random initialization (seed %d), i.e. training from scratch; to finetune a base "
@@ -223,7 +234,7 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
 
     start_iteration, base, prior_time, reference_ce = 0, None, 0.0, None
     if plan.resume_from is not None:
-        state = load_checkpoint(plan.resume_from, chunks, optimizer, scheduler, layout, vocab_size=vocab_size,
+        state = load_checkpoint(plan.resume_from, chunks, optimizer, scheduler, layout, vocab_size=vocab_rows,
                                 verify_checksums=config.checkpoint.verify_checksums)
         start_iteration, prior_time = int(state["iteration"]), float(state.get("train_time_s", 0.0))
         base = Perplexities(**{k: float("nan") if v is None else v for k, v in state["base"].items()})
@@ -238,7 +249,7 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
     with _locks(config, writer):
         if writer:
             write_run_files(config, plan, resolved_yaml or _to_yaml(config))
-        return _train(config, plan, data, checked.recipe, layout, chunks, optimizer, scheduler, regularizer,
+        return _train(config, checked, layout, chunks, optimizer, scheduler, regularizer,
                       start_iteration=start_iteration, base=base, prior_time=prior_time, reference_ce=reference_ce)
 
 
@@ -248,11 +259,13 @@ def _to_yaml(config: FinetuneConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
-def _train(config: FinetuneConfig, plan: RunPlan, data: RunData, recipe: dict, layout, chunks, optimizer, scheduler,
-           regularizer, *, start_iteration: int, base: Optional[Perplexities], prior_time: float,
-           reference_ce: Optional[float]):
+def _train(config: FinetuneConfig, checked: CheckedRun, layout, chunks, optimizer, scheduler, regularizer, *,
+           start_iteration: int, base: Optional[Perplexities], prior_time: float, reference_ce: Optional[float]):
     """Steps 3 and 4 of the module docstring."""
     from nemo_mft import megatron as nm
+
+    plan, data, recipe = checked.plan, checked.data, checked.recipe
+    attachments = checked.base.attachments() if checked.base is not None else {}
 
     writer = layout.rank == 0
     groups, objective = layout.groups, config.mft.objective
@@ -289,7 +302,7 @@ def _train(config: FinetuneConfig, plan: RunPlan, data: RunData, recipe: dict, l
         common = {"consumed_samples": iteration * gbs, "base": base_ppl, "train_time_s": elapsed, "method": method,
                   "recipe": recipe, "initial_student_ce": guard.reference_ce}
         return save_checkpoint(ckpt_cfg.save, iteration, chunks, optimizer, scheduler, layout, common=common,
-                               keep_last=ckpt_cfg.keep_last)
+                               keep_last=ckpt_cfg.keep_last, attachments=attachments)
 
     # ---- the loop
     last_saved: Optional[str] = plan.resume_from

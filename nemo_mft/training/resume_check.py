@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 
 from nemo_mft.config.schema import FinetuneConfig
 
-__all__ = ["FREE_KEYS", "fingerprint", "changed_keys", "file_sha256"]
+__all__ = ["FREE_KEYS", "IMPLICIT_BEFORE", "fingerprint", "changed_keys", "file_sha256"]
 
 # Exact keys or whole sections ("logger") that a resume may change freely.
 FREE_KEYS = (
@@ -29,6 +29,14 @@ FREE_KEYS = (
     "model.tensor_model_parallel_size", "model.pipeline_model_parallel_size", "model.sequence_parallel",
     "dataset.dataset_root", "dataset.replay_data", "evaluation.general_data", "tokenizer.path",
 )
+
+
+# Keys added to the recipe after checkpoints were first written, with the value they implicitly had
+# before: a checkpoint that stores no such key is compared as if it stored that value.
+IMPLICIT_BEFORE = {
+    "model.layernorm_epsilon": 1e-5, "model.add_qkv_bias": False, "model.qk_layernorm": False,
+    "model.rope_scaling_factor": None, "model.vocab_size": None,
+}
 
 
 def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
@@ -53,7 +61,10 @@ def _data_files(config: FinetuneConfig) -> dict[str, Optional[str]]:
     from nemo_mft.training.inputs import TRAIN_FILE, VALIDATION_FILE
 
     root = config.dataset.dataset_root
-    tokenizer = config.tokenizer.path if config.tokenizer.type == "huggingface" else None
+    from nemo_mft.data.tokenizers import resolve_tokenizer_file
+
+    hf_tokenizer = config.tokenizer.type == "huggingface"
+    tokenizer = resolve_tokenizer_file(config.tokenizer.path) if hf_tokenizer else None
     return {"training": os.path.join(root, TRAIN_FILE), "validation": os.path.join(root, VALIDATION_FILE),
             "replay": config.dataset.replay_data if config.dataset.replay_fraction > 0 else None,
             "general": config.evaluation.general_data, "tokenizer": tokenizer}
@@ -84,7 +95,8 @@ def changed_keys(stored: dict[str, Any], current: dict[str, Any], allowed: Itera
     for key in sorted(set(stored) | set(current)):
         if _is_free(key, allowed):
             continue
-        before, after = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        before = stored.get(key, IMPLICIT_BEFORE.get(key, "<absent>"))
+        after = current.get(key, "<absent>")
         if before != after:
             if key.startswith("data."):
                 before, after = (v[:12] if isinstance(v, str) and len(v) == 64 else v for v in (before, after))

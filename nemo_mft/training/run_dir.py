@@ -4,7 +4,7 @@ Checked on every rank BEFORE the process group and the model exist (:func:`plan_
 
 * ``checkpoint.load``: a save directory or one checkpoint. When it holds no checkpoint, the run starts
   fresh only if it is also ``checkpoint.save`` (the "save = load" auto-resume pattern); otherwise error.
-* ``checkpoint.pretrained_checkpoint`` must hold a checkpoint.
+* ``checkpoint.pretrained_checkpoint`` is checked by `nemo_mft.training.base_model`.
 * ``checkpoint.save`` that already holds checkpoints (a tracker file or ``iter_*`` directories) is
   accepted only when this run resumes from it (``checkpoint.load`` is that directory or one of its
   checkpoints): another run's checkpoints are never overwritten.
@@ -36,7 +36,6 @@ METRICS_FILE = "metrics.jsonl"
 @dataclass(frozen=True)
 class RunPlan:
     resume_from: Optional[str]  # checkpoint directory to resume from, or None for a fresh start
-    pretrained: Optional[str]  # checkpoint directory holding the initial weights, or None (random init)
 
 
 def _same_dir(a: str, b: str) -> bool:
@@ -69,13 +68,6 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         if resume_from is None and not (ckpt.save and _same_dir(ckpt.load, ckpt.save)):
             raise FileNotFoundError(f"checkpoint.load={ckpt.load} holds no checkpoint (neither "
                                     "latest_checkpointed_iteration.txt nor metadata.json); set checkpoint.load=null to start a new run")
-    pretrained = None
-    if ckpt.pretrained_checkpoint:
-        pretrained = resolve_checkpoint(ckpt.pretrained_checkpoint)
-        if pretrained is None:
-            raise FileNotFoundError(f"checkpoint.pretrained_checkpoint={ckpt.pretrained_checkpoint} holds no "
-                                    "checkpoint (expected a save directory with "
-                                    "latest_checkpointed_iteration.txt or an iter_* directory)")
     if ckpt.save and holds_checkpoints(ckpt.save):
         resumes_it = resume_from is not None and (_same_dir(os.path.dirname(resume_from), ckpt.save)
                                                  or _same_dir(resume_from, ckpt.save))
@@ -88,7 +80,7 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
     if os.path.exists(metrics) and resume_from is None:
         raise FileExistsError(f"logger.log_dir={config.logger.log_dir} already holds {METRICS_FILE} of another "
                               "run; choose a new logger.log_dir (or resume that run with checkpoint.load)")
-    return RunPlan(resume_from=resume_from, pretrained=pretrained)
+    return RunPlan(resume_from=resume_from)
 
 
 def write_run_files(config: FinetuneConfig, plan: RunPlan, resolved_yaml: str) -> None:

@@ -21,7 +21,7 @@ VOCAB = 100  # true vocabulary; the model pads to 112
 SEQ = 12
 LLAMA_SECTION = ModelSection(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
                              ffn_hidden_size=48, normalization="RMSNorm", activation="swiglu", add_bias_linear=False,
-                             rotary_base=5000, make_vocab_size_divisible_by=16)
+                             rotary_base=5000, make_vocab_size_divisible_by=16).with_scratch_defaults()
 
 
 def _llama(section: ModelSection = LLAMA_SECTION):

@@ -128,4 +128,4 @@ def test_another_runs_checkpoints_and_log_dir_are_not_overwritten(tmp_path, caps
     assert code == 2 and "already holds metrics.jsonl" in err
     code, err = _fail([f"dataset.dataset_root={data}", f"checkpoint.pretrained_checkpoint={tmp_path}/none"],
                       capsys, monkeypatch)
-    assert code == 2 and "holds no checkpoint" in err
+    assert code == 2 and "checkpoint.pretrained_checkpoint" in err and "is not a directory" in err

@@ -26,7 +26,7 @@ def _section(**changes):
 
     fields = dict(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64,
                   make_vocab_size_divisible_by=64, tensor_model_parallel_size=2)
-    return ModelSection(**{**fields, **changes})
+    return ModelSection(**{**fields, **changes}).with_scratch_defaults()
 
 
 def _trainer(layout, vocab: int = VOCAB, **changes):

@@ -6,6 +6,7 @@ import pytest
 
 from nemo_mft.config.schema import CheckpointSection, DatasetSection, FinetuneConfig, LoggerSection
 from nemo_mft.training.checkpointing import holds_checkpoints, resolve_checkpoint, saved_iterations
+from nemo_mft.training.base_model import find_base_model
 from nemo_mft.training.run_dir import RUN_MARKER, plan_run, write_run_files
 
 
@@ -42,7 +43,7 @@ def test_resume_and_fresh_start_decisions(tmp_path):
     save = tmp_path / "ckpt"
     # save = load, still empty: a fresh start (the auto-resume pattern).
     plan = plan_run(_config(tmp_path, save=str(save), load=str(save)))
-    assert plan.resume_from is None and plan.pretrained is None
+    assert plan.resume_from is None
     with pytest.raises(FileNotFoundError, match="checkpoint.load=.* holds no checkpoint"):
         plan_run(_config(tmp_path, save=str(save), load=str(tmp_path / "other")))
     latest = _checkpoint(save, 3)
@@ -50,7 +51,7 @@ def test_resume_and_fresh_start_decisions(tmp_path):
     assert plan_run(_config(tmp_path, save=str(save), load=latest)).resume_from == latest
     # Resuming another run's checkpoint into a new, empty save directory is fine.
     assert plan_run(_config(tmp_path, save=str(tmp_path / "new"), load=str(save))).resume_from == latest
-    assert plan_run(_config(tmp_path, pretrained_checkpoint=str(save))).pretrained == latest
+    assert find_base_model(str(save), seq_length=8).path == latest  # a save directory: its latest checkpoint
 
 
 def test_guards(tmp_path):

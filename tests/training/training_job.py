@@ -18,7 +18,7 @@ def _section(tp: int):
     from nemo_mft.config.schema import ModelSection
 
     return ModelSection(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64,
-                        make_vocab_size_divisible_by=64, tensor_model_parallel_size=tp)  # 128 columns at TP 1 and 2
+                        make_vocab_size_divisible_by=64, tensor_model_parallel_size=tp).with_scratch_defaults()  # 128 columns at TP 1 and 2
 
 
 def _build(layout, method: str = "mft"):
