@@ -5,7 +5,11 @@ setup(
     version="0.1.0",
     description="Minifinetuning (MFT) for megatron-core / Megatron-Bridge: exact vocab-parallel loss, "
     "fused Triton kernel, frozen-teacher training.",
-    packages=find_packages(include=["nemo_mft", "nemo_mft.*"]),
+    # The recipes stay in the top-level conf/ and ship as the package nemo_mft.conf (its YAML files as
+    # package data), so that an installed wheel finds them (nemo_mft.finetune.cli.default_config_dir).
+    packages=[*find_packages(include=["nemo_mft", "nemo_mft.*"]), "nemo_mft.conf"],
+    package_dir={"nemo_mft.conf": "conf"},
+    package_data={"nemo_mft.conf": ["*.yaml"]},
     python_requires=">=3.10",
     # Kept loose so the plugin installs into NGC containers (pip install --no-deps) without touching
     # their torch / megatron-core; the tested CPU pins live in requirements/.

@@ -4,11 +4,11 @@
     nemo-mft finetune --config-name mft_tiny dataset.dataset_root=/data mft.tau=0.1 ++train.train_iters=50
     torchrun --nproc_per_node=8 -m nemo_mft.finetune --config-name mft_llama3_8b dataset.dataset_root=/data
 
-Everything after ``finetune`` is a Hydra command line: ``--config-path`` (default: the repository's
-``conf/``, or ``$NEMO_MFT_CONFIG_DIR``; a relative path is taken from the current directory),
-``--config-name`` (required: a recipe), dotted overrides with Hydra's ``key=v`` / ``+key=v`` / ``++key=v`` /
-``~key`` grammar, and Hydra's information options (``--cfg job`` prints the composed recipe, ``--info``,
-``--help``).
+Everything after ``finetune`` is a Hydra command line: ``--config-path`` (default: ``$NEMO_MFT_CONFIG_DIR``,
+else the recipes of ``conf/``, which ship with the package; a relative path is taken from the current
+directory), ``--config-name`` (required: a recipe), dotted overrides with Hydra's ``key=v`` / ``+key=v`` /
+``++key=v`` / ``~key`` grammar, and Hydra's information options (``--cfg job`` prints the composed recipe,
+``--info``, ``--help``).
 
 A run composes and validates its recipe with `nemo_mft.finetune.recipe` (Hydra's compose API; that
 module's docstring says why not ``@hydra.main``) and then runs it. Every key is checked against the schema,
@@ -23,6 +23,7 @@ Errors follow `nemo_mft.finetune.errors`: a user error is one line on stderr and
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import shlex
 import signal
@@ -53,12 +54,24 @@ _INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searc
 
 
 def default_config_dir() -> Optional[str]:
-    """``$NEMO_MFT_CONFIG_DIR``, else ``conf/`` of the checkout this package is imported from."""
+    """``$NEMO_MFT_CONFIG_DIR``, else the recipes that come with this package: ``conf/`` of the source
+    checkout it is imported from, else the installed package ``nemo_mft.conf`` (setup.py ships ``conf/``
+    under that name, in a wheel and in an editable install); None when there are none.
+
+    The checkout comes first: with a checkout on PYTHONPATH, ``nemo_mft.conf`` is found only through an
+    editable install's finder, which may map it to another checkout's ``conf/``."""
     env = os.environ.get(CONFIG_DIR_ENV)
     if env:
         return os.path.abspath(env)
-    repo_conf = Path(__file__).resolve().parents[2] / "conf"
-    return str(repo_conf) if repo_conf.is_dir() else None
+    root = Path(__file__).resolve().parents[2]
+    if (root / "setup.py").is_file() and (root / "conf").is_dir():
+        return str(root / "conf")
+    try:
+        packaged = importlib.resources.files("nemo_mft.conf")
+    except ModuleNotFoundError:
+        return None
+    # A directory of plain files for a wheel or an editable install (not for a zipped import).
+    return str(packaged) if isinstance(packaged, Path) and packaged.is_dir() else None
 
 
 def _option_value(argv: list[str], names: tuple[str, ...]) -> tuple[Optional[int], Optional[str]]:
