@@ -34,7 +34,17 @@ from nemo_mft.demo.corpora import prepare_corpora
 __all__ = ["Profile", "PROFILES", "DataPaths", "prepare_data", "ensure_base_model", "run_entry_point",
            "finetune", "REPO_CONF", "RunFailed"]
 
-REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+def _recipes_dir() -> Path:
+    """The recipes `nemo-mft finetune` finds by default (a checkout's conf/, or the installed package's)."""
+    from nemo_mft.finetune.cli import default_config_dir
+
+    found = default_config_dir()
+    if found is None:
+        raise FileNotFoundError("no recipe directory found (neither a checkout's conf/ nor nemo_mft.conf)")
+    return Path(found)
+
+
+REPO_CONF = _recipes_dir()
 CORPORA_FORMAT = 1
 
 
