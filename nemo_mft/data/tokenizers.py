@@ -37,12 +37,14 @@ _DEFAULT_EOS = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """The interface the datasets need. ``bos_id`` is ``None`` when the tokenizer has no bos token."""
+    """The interface the datasets need. ``bos_id`` is ``None`` when the tokenizer has no bos token;
+    ``adds_bos``: whether a text starts with the bos when the model sees it (prompt/answer rows get one)."""
 
     vocab_size: int
     eos_id: int
     pad_id: int
     bos_id: Optional[int]
+    adds_bos: bool
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -63,6 +65,7 @@ class ByteTokenizer:
     bos_id = 257
     eos_id = 258
     vocab_size = 259
+    adds_bos = True
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -133,7 +136,8 @@ class HuggingFaceTokenizer:
     ``encode`` adds no special tokens (the post-processor is bypassed), but, as in transformers, the text
     of a special token inside the data (``"</s>"``, a chat-template marker) is parsed as that token.
     ``decode`` skips special tokens.
-    ``vocab_size`` counts added tokens too.
+    ``vocab_size`` counts added tokens too. ``adds_bos`` follows tokenizer.json's post-processor (see
+    ``_adds_bos``): prompt/answer rows start with the bos only when the model's own tokenizer puts one there.
     ``render_chat`` uses the chat template beside the file (``chat_template.jinja`` or tokenizer_config.json's
     ``"chat_template"``); without one it raises a ``ValueError``.
     """
@@ -179,8 +183,19 @@ class HuggingFaceTokenizer:
             "bos", bos_token, _special_from_config(config, "bos_token"), _DEFAULT_BOS)
         pad = self._find_token("pad", pad_token, _special_from_config(config, "pad_token"), _DEFAULT_PAD)
         self.pad_id: int = self.eos_id if pad is None else pad
+        self.adds_bos: bool = self._adds_bos()
         self.chat_template: Optional[str] = _read_chat_template(directory, config)
         self._template_tokens = self._template_special_tokens(config)
+
+    def _adds_bos(self) -> bool:
+        """Whether texts start with the bos as the model was trained: what tokenizer.json's post-processor
+        does (Llama 3 adds ``<|begin_of_text|>``, SmolLM2 and Qwen add nothing); a file without a
+        post-processor says nothing, and then a tokenizer with a bos token adds it."""
+        if self.bos_id is None:
+            return False
+        if self._tok.post_processor is None:
+            return True
+        return self._tok.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id]
 
     def _template_special_tokens(self, config: dict) -> dict[str, str]:
         """The special tokens' text a chat template sees (``bos_token``, ``eos_token``, ...), as in

@@ -100,7 +100,7 @@ def _load_training_file(path: str, role: str, tokenizer: Tokenizer, config: Fine
     """A training or replay file as samples, checked: some loss, and few rows without it."""
     seq_length = config.dataset.seq_length
     dataset = build_sft_dataset(path, tokenizer, seq_length, max_samples=max_samples, seed=config.train.seed,
-                                add_bos=tokenizer.bos_id is not None, on_overflow=config.dataset.on_overflow,
+                                add_bos=tokenizer.adds_bos, on_overflow=config.dataset.on_overflow,
                                 role=role)
     _require_loss(dataset, "train on", seq_length)
     _require_loss_share(_only(dataset), config.dataset.max_no_loss_fraction, seq_length)
@@ -127,7 +127,7 @@ def _load_validation(path: str, tokenizer: Tokenizer, config: FinetuneConfig) ->
     """The domain perplexity set: at most ``evaluation.max_eval_windows`` rows, with something to score."""
     seq_length = config.dataset.seq_length
     validation = build_sft_dataset(path, tokenizer, seq_length, max_samples=config.evaluation.max_eval_windows,
-                                   seed=config.train.seed, add_bos=tokenizer.bos_id is not None,
+                                   seed=config.train.seed, add_bos=tokenizer.adds_bos,
                                    on_overflow=config.dataset.on_overflow, role="validation")
     _require_loss(validation, "score", seq_length)
     return validation

@@ -90,3 +90,22 @@ def test_build_tokenizer_factory():
         build_tokenizer("byte", "/some/path")
     with pytest.raises(FileNotFoundError):
         build_tokenizer("huggingface", "/definitely/not/here")
+
+
+def test_adds_bos_follows_the_post_processor(bpe_path, tmp_path):
+    from tokenizers import Tokenizer, processors
+
+    assert HuggingFaceTokenizer(bpe_path).adds_bos  # no post-processor: a tokenizer with a bos adds it
+    assert ByteTokenizer().adds_bos
+    tok = Tokenizer.from_file(str(bpe_path))
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    for name, processor, expected in (
+            ("llama3_like", processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)]), True),
+            ("bytelevel_like", processors.ByteLevel(trim_offsets=False), False),  # SmolLM2, Qwen
+            ("eos_only", processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)]), False)):
+        tok.post_processor = processor
+        path = tmp_path / name / "tokenizer.json"
+        path.parent.mkdir()
+        tok.save(str(path))
+        loaded = HuggingFaceTokenizer(str(path))
+        assert loaded.bos_id == bos and loaded.adds_bos is expected, name

@@ -136,3 +136,14 @@ def test_checkpoints_carry_the_base_models_files(runs, smollm2_dir):  # noqa: F8
         assert os.path.isfile(os.path.join(hf, "tokenizer.json"))
         manifest = json.loads(open(os.path.join(ckpt, "nemo_mft_manifest.json")).read())
         assert "hf/config.json" in manifest["files"] and "hf/tokenizer.json" in manifest["files"]
+
+
+def test_bos_is_added_as_transformers_adds_it(smollm2_dir, offline):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    from nemo_mft.data import HuggingFaceTokenizer
+
+    ours = HuggingFaceTokenizer(str(smollm2_dir))
+    theirs = AutoTokenizer.from_pretrained(smollm2_dir, local_files_only=True)
+    assert ours.bos_id == theirs.bos_token_id
+    assert ours.adds_bos == (theirs("Hello").input_ids[0] == theirs.bos_token_id)  # both False for SmolLM2
