@@ -158,3 +158,15 @@ def test_from_scratch_recipes_are_complete_without_a_base_model():
     assert config.model.is_complete and config.tokenizer.type == "byte"
     assert resolve_base_model(config) == (config, None)
     assert find_base_model  # imported for the HF-dir tests above
+
+
+def test_embedding_rows_hold_the_models_vocabulary_not_the_tokenizers(tmp_path):
+    from nemo_mft.config import builders
+
+    config, _ = resolve_base_model(_config(_hf_dir(tmp_path / "m", "Qwen2Config"),
+                                           ModelSection(make_vocab_size_divisible_by=16)))
+    # 100 rows in config.json (Qwen-style spare rows beyond a 90-token tokenizer), padded to 112.
+    assert builders.gpt_options(config.model, vocab_size=90, seq_length=8).padded_vocab_size == 112
+    assert builders.embedding_rows(config.model, 90) == 100
+    with pytest.raises(ValueError, match="the tokenizer has 120 tokens but model.vocab_size is 100"):
+        builders.gpt_options(config.model, vocab_size=120, seq_length=8)
