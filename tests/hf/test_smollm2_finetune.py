@@ -147,3 +147,38 @@ def test_bos_is_added_as_transformers_adds_it(smollm2_dir, offline):  # noqa: F8
     theirs = AutoTokenizer.from_pretrained(smollm2_dir, local_files_only=True)
     assert ours.bos_id == theirs.bos_token_id
     assert ours.adds_bos == (theirs("Hello").input_ids[0] == theirs.bos_token_id)  # both False for SmolLM2
+
+
+def test_chat_masks_follow_the_assistant_turn_rule(smollm2_dir, offline, tmp_path):  # noqa: F811
+    """SmolLM2's own template (a default system prompt when none is given): the loss covers exactly the tokens
+    render(messages[:k+1]) adds beyond render(messages[:k], add_generation_prompt=True), per transformers."""
+    from transformers import AutoTokenizer
+
+    from nemo_mft.data import HuggingFaceTokenizer, build_sft_dataset
+
+    reference = AutoTokenizer.from_pretrained(smollm2_dir, local_files_only=True)
+
+    def render(messages, prompt=False):
+        return list(reference.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=True,
+                                                  return_dict=False))
+
+    conversations = [
+        [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "Seven."},
+         {"role": "user", "content": "And an even one?"}, {"role": "assistant", "content": "Two."}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}],
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations))
+    seq_length = 96
+    dataset = build_sft_dataset(str(path), HuggingFaceTokenizer(str(smollm2_dir)), seq_length)
+    for row, messages in enumerate(conversations):
+        full = render(messages)
+        positions = set()
+        for k, message in enumerate(messages):
+            if message["role"] == "assistant":
+                start, end = len(render(messages[:k], prompt=True)), len(render(messages[:k + 1]))
+                positions |= {j - 1 for j in range(start, end)}
+        n = len(full) - 1
+        assert dataset.tokens[row, :n].tolist() == full[:n]
+        assert {i for i in range(seq_length) if dataset.loss_mask[row, i]} == positions
