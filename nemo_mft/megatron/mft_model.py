@@ -12,7 +12,12 @@ V_local = padded vocab / TP. With sequence parallelism the hidden states between
   (`schedule.with_teacher_activations`); the micro-batch size it sees is the true one.
   ``set_input_tensor`` keeps the received tensor and ``forward`` splits it again.
 
-The teacher is held outside nn.Module registration: it is not in ``parameters()``, ``buffers()``,
+With LoRA adapters (`nemo_mft.megatron.adapters`, registered as ``adapters``; the base weights frozen) the
+teacher can be the student itself with its adapters off (``adapters_off_teacher``): run in eval mode under
+no_grad, it is exactly the base model and costs no second copy of the weights; checkpoints then hold only
+the adapters.
+
+A separate teacher is held outside nn.Module registration: it is not in ``parameters()``, ``buffers()``,
 ``state_dict()``, ``sharded_state_dict()``, never follows ``.train()`` (it stays in eval mode: no dropout),
 never sees a gradient (requires_grad=False, run under ``torch.no_grad``), and so DDP, the optimizer and
 checkpoints never see it. The student is registered as ``module`` (megatron's wrapper convention, so that
@@ -28,6 +33,8 @@ from typing import Optional
 import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
+
+from nemo_mft.megatron.adapters import AdapterSet
 
 __all__ = ["MFTModel"]
 
@@ -57,11 +64,19 @@ def _check_same_layout(student: GPTModel, teacher: GPTModel) -> None:
 class MFTModel(MegatronModule):
     """Student GPTModel stage (trainable, registered as ``module``) + optional frozen teacher stage."""
 
-    def __init__(self, student: GPTModel, teacher: Optional[GPTModel] = None) -> None:
+    def __init__(self, student: GPTModel, teacher: Optional[GPTModel] = None, *,
+                 adapters: Optional[AdapterSet] = None, adapters_off_teacher: bool = False) -> None:
+        """``teacher``: a frozen copy of the student stage; or, with ``adapters`` (attached to ``student``,
+        whose base weights are frozen) and ``adapters_off_teacher``, the teacher is the student itself with
+        its adapters off (no second copy of any weight)."""
         super().__init__(config=student.config)
         self.module = student
         self._teacher: Optional[_Unregistered] = None
         self._input_tensor: Optional[torch.Tensor] = None
+        if adapters_off_teacher and (adapters is None or teacher is not None):
+            raise ValueError("adapters_off_teacher needs adapters and no separate teacher")
+        self.adapters = adapters  # registered: DDP, the optimizer and checkpoints see the adapters
+        self._adapters_off_teacher = adapters_off_teacher
         if teacher is not None:
             _check_same_layout(student, teacher)
             teacher.eval()
@@ -79,7 +94,12 @@ class MFTModel(MegatronModule):
 
     @property
     def has_teacher(self) -> bool:
-        return self._teacher is not None
+        return self._teacher is not None or self._adapters_off_teacher
+
+    @property
+    def teacher_is_base(self) -> bool:
+        """The teacher is the student with its adapters off (LoRA), not a separate copy."""
+        return self._adapters_off_teacher
 
     @property
     def is_first_stage(self) -> bool:
@@ -98,22 +118,40 @@ class MFTModel(MegatronModule):
             input_tensor = input_tensor[0]
         self._input_tensor = input_tensor
 
-    def _route_stage_input(self, run_teacher: bool) -> None:
+    def _stage_inputs(self, run_teacher: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(student input, teacher input) received from the previous stage; (None, None) on the first."""
         if self.is_first_stage:
-            return
+            return None, None
         received = self._input_tensor
         if received is None:
             raise RuntimeError("MFTModel on a non-first pipeline stage needs set_input_tensor() before forward")
         if not run_teacher:
-            self.module.set_input_tensor(received)
-            return
+            return received, None
         hidden = self.config.hidden_size
         if received.shape[-1] != 2 * hidden:
             raise ValueError(f"expected [S, B, 2H] = [..., {2 * hidden}] (student and teacher activations), got "
                              f"{tuple(received.shape)}: the schedule needs schedule.with_teacher_activations")
-        student_in, teacher_in = received[..., :hidden], received[..., hidden:]
-        self.module.set_input_tensor(student_in.contiguous())
-        self.teacher.set_input_tensor(teacher_in.detach().contiguous())
+        return received[..., :hidden].contiguous(), received[..., hidden:].detach().contiguous()
+
+    @torch.no_grad()
+    def _teacher_forward(self, teacher_in, input_ids, position_ids, attention_mask):
+        if not self._adapters_off_teacher:
+            teacher = self.teacher
+            if teacher.training:
+                raise RuntimeError("the MFT teacher must stay in eval mode")
+            if teacher_in is not None:
+                teacher.set_input_tensor(teacher_in)
+            return teacher(input_ids, position_ids, attention_mask)
+        # The base model: the student's own weights, adapters off, in eval mode (no dropout), no graph.
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with self.adapters.disabled():
+                if teacher_in is not None:
+                    self.module.set_input_tensor(teacher_in)
+                return self.module(input_ids, position_ids, attention_mask)
+        finally:
+            self.module.train(was_training)
 
     # --- forward ------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
@@ -124,34 +162,42 @@ class MFTModel(MegatronModule):
         Returns ``(student_logits [B, S, V_local], teacher_logits [B, S, V_local] | None)`` on the last
         stage, hidden states [S, B, H] or [S, B, 2H] (student; teacher) on the others.
         """
-        if run_teacher and self._teacher is None:
+        if run_teacher and not self.has_teacher:
             raise ValueError("run_teacher=True but this MFTModel was built without a teacher (method 'ft')")
-        self._route_stage_input(run_teacher)
+        student_in, teacher_in = self._stage_inputs(run_teacher)
+        if student_in is not None:  # set right before each forward: with adapters the module is shared
+            self.module.set_input_tensor(student_in)
         student_out = self.module(input_ids, position_ids, attention_mask)
         teacher_out = None
         if run_teacher:
-            teacher = self.teacher
-            if teacher.training:
-                raise RuntimeError("the MFT teacher must stay in eval mode")
-            with torch.no_grad():
-                teacher_out = teacher(input_ids, position_ids, attention_mask)
+            teacher_out = self._teacher_forward(teacher_in, input_ids, position_ids, attention_mask)
         if self.is_last_stage:
             return student_out, teacher_out
         if teacher_out is None:
             return student_out
         return torch.cat([student_out, teacher_out], dim=-1)
 
-    # --- checkpoints: exactly the student's keys ------------------------------------------------------
+    # --- checkpoints: what trains: the student's keys, or only the adapters' --------------------------
+    def _trained(self) -> torch.nn.Module:
+        return self.adapters if self.adapters is not None else self.module
+
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        return self.module.state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return self._trained().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
 
     def state_dict_for_save_checkpoint(self, prefix: str = "", keep_vars: bool = False):
-        return self.module.state_dict_for_save_checkpoint(prefix=prefix, keep_vars=keep_vars)
+        return self.state_dict(prefix=prefix, keep_vars=keep_vars)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+        return self._trained().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
+        """The trained weights: the student's (GPTModel keys), or with adapters only the adapters'."""
+        if self.adapters is not None:
+            return self.adapters.sharded_state_dict(prefix=prefix, sharded_offsets=sharded_offsets, metadata=metadata)
+        return self.base_sharded_state_dict(prefix, sharded_offsets, metadata)
+
+    def base_sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
+        """The student's base weights (GPTModel keys, adapters excluded): what a pretrained checkpoint fills."""
         return self.module.sharded_state_dict(prefix=prefix, sharded_offsets=sharded_offsets, metadata=metadata)
 
     @torch.no_grad()

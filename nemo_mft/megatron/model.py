@@ -21,6 +21,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
+from nemo_mft.megatron.adapters import LoRAConfig, attach_lora
 from nemo_mft.megatron.mft_model import MFTModel
 
 __all__ = ["GPTOptions", "local_spec_settings", "padded_vocab_size", "check_supported_layout", "build_model",
@@ -130,18 +131,24 @@ def _build_gpt(config: TransformerConfig, layer_spec: ModuleSpec, gpt: GPTOption
 
 
 def build_model(config: TransformerConfig, layer_spec: ModuleSpec, gpt: GPTOptions, *,
-                groups: ProcessGroupCollection, with_teacher: bool) -> list[MFTModel]:
+                groups: ProcessGroupCollection, with_teacher: bool, lora: Optional[LoRAConfig] = None,
+                adapter_seed: int = 0) -> list[MFTModel]:
     """The model chunks of this pipeline stage: ``[MFTModel]`` (one chunk; VPP is not supported).
 
     The student is a GPTModel over ``gpt.padded_vocab_size`` columns (this rank's stage and TP shard);
     with ``with_teacher`` a frozen teacher with the same config, stage and initial weights sits beside it.
-    Not DDP-wrapped (`optim.wrap_with_ddp`).
+    With ``lora``, LoRA adapters (initialized from ``adapter_seed``) are attached to the student, whose base
+    weights are frozen, and the teacher is the student with its adapters off (no copy). Not DDP-wrapped
+    (`optim.wrap_with_ddp`).
     """
     if gpt.padded_vocab_size % groups.tp.size():
         raise ValueError(f"padded_vocab_size {gpt.padded_vocab_size} is not divisible by the tensor-parallel "
                          f"size {groups.tp.size()} (use padded_vocab_size())")
     check_supported_layout(config, layer_spec, groups)
     student = _build_gpt(config, layer_spec, gpt, groups)
+    if lora is not None:
+        adapters = attach_lora(student, lora, seed=adapter_seed, tp_group=groups.tp, dp_cp_group=groups.dp_cp)
+        return [MFTModel(student, adapters=adapters, adapters_off_teacher=with_teacher)]
     teacher = None
     if with_teacher:
         # Same config, but skip the random init: the weights are copied from the student just below.

@@ -615,10 +615,13 @@ def load_pretrained_weights(path: str, chunks, *, vocab_size: Optional[int] = No
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint at {path}")
     _verify(ckpt, verify_checksums)
-    request = {"model": _model_state(chunks)}
+    if len(chunks) != 1:
+        raise ValueError("one model chunk per pipeline stage is supported (no virtual pipeline)")
+    model = unwrap(chunks[0])
+    request = {"model": model.base_sharded_state_dict()}  # the base weights (never adapters)
     check_structure(ckpt, request, weights_only=True, vocab_size=vocab_size)
     loaded = _read_on_every_rank(ckpt, dist_checkpointing.load, request, ckpt)
-    unwrap(chunks[0]).load_state_dict(loaded["model"])
+    model.student.load_state_dict(loaded["model"])
     return ckpt
 
 

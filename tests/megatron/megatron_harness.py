@@ -68,15 +68,16 @@ def tiny_config(tp: int = 1, pp: int = 1, **overrides):
 
 
 def build(layout, tp: int = 1, pp: int = 1, *, with_teacher: bool = True, padded_vocab: int = PADDED_VOCAB,
-          **overrides) -> list:
-    """The MFT chunks of the tiny GPT on this rank of ``layout`` (`initialize_parallel`'s result)."""
+          lora=None, **overrides) -> list:
+    """The MFT chunks of the tiny GPT on this rank of ``layout`` (`initialize_parallel`'s result); ``lora``:
+    a LoRAConfig for adapters (teacher = adapters off)."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     from nemo_mft.megatron import GPTOptions, build_model
 
     return build_model(tiny_config(tp, pp, **overrides), get_gpt_layer_local_spec(),
                        GPTOptions(padded_vocab_size=padded_vocab, max_sequence_length=SEQ),
-                       groups=layout.groups, with_teacher=with_teacher)
+                       groups=layout.groups, with_teacher=with_teacher, lora=lora, adapter_seed=5)
 
 
 def objective(method: str = "mft", **overrides):
@@ -127,21 +128,24 @@ def step_iterator(step: int, dp_rank: int, dp_size: int) -> Iterator[dict]:
 
 
 # --- parameters by checkpoint key ---------------------------------------------------------------------
-def param_shards(chunk) -> list[tuple[str, tuple, tuple, torch.nn.Parameter]]:
-    """(key, global_shape, global_slice, parameter) for every student parameter of this rank."""
+def param_shards(chunk, which: str = "trained") -> list[tuple[str, tuple, tuple, torch.nn.Parameter]]:
+    """(key, global_shape, global_slice, parameter) for every trained parameter of this rank (the student's,
+    or with LoRA the adapters'), or with ``which="base"`` for every base weight of the student."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
     from nemo_mft.megatron import unwrap
 
     model = unwrap(chunk)
-    params = {id(p): p for p in model.parameters()}
+    base = which == "base" or model.adapters is None
+    params = {id(p): p for n, p in model.named_parameters() if n.startswith("adapters.") != base}
+    sharded = model.base_sharded_state_dict() if which == "base" else model.sharded_state_dict()
     shards = []
-    for sh in nested_values(model.sharded_state_dict()):
+    for sh in nested_values(sharded):
         if isinstance(sh, ShardedTensor) and id(sh.data) in params:
             shards.append((sh.key, tuple(sh.global_shape), sh.global_slice(), sh.data))
     found = {id(s[3]) for s in shards}
-    missing = [n for n, p in model.named_parameters() if id(p) not in found]
+    missing = [n for n, p in model.named_parameters() if id(p) in params and id(p) not in found]
     assert not missing, f"parameters without a checkpoint shard: {missing}"
     return shards
 
@@ -159,12 +163,13 @@ def _full_init(key: str, shape: tuple, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def deterministic_init(chunks: list, seed: int = 11) -> None:
-    """Layout-independent student weights (see module docstring), then teacher := student."""
+def deterministic_init(chunks: list, seed: int = 11, which: str = "base") -> None:
+    """Layout-independent student weights (see module docstring), then teacher := student. ``which``:
+    "base" (the GPT's weights) or "trained" (with LoRA: the adapters)."""
     from nemo_mft.megatron import sync_teacher_from_student
 
     for chunk in chunks:
-        for key, shape, where, param in param_shards(chunk):
+        for key, shape, where, param in param_shards(chunk, which):
             param.copy_(_full_init(key, shape, seed)[where])
     sync_teacher_from_student(chunks)
 
@@ -258,6 +263,7 @@ def all_records(step: RecordingStep) -> tuple[dict, float]:
 # --- the spawned job ---------------------------------------------------------------------------------
 def run_all(rank: int, world_size: int) -> dict:
     """All sections on 4 gloo ranks; rank 0's dict is returned to the parent."""
+    import adapter_sections
     import megatron_sections as sections
 
     from nemo_mft.megatron import init_distributed, megatron_on_cpu
@@ -273,6 +279,7 @@ def run_all(rank: int, world_size: int) -> dict:
             "methods": sections.methods_section(),
             "l2_init": sections.l2_init_section(),
             "equivalence": sections.equivalence_section(),
+            "adapters": adapter_sections.adapters_section(),
         })
     out["cpu_compat_after"] = sections.cpu_compat_outside_section()
     return out
