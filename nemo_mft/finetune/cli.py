@@ -1,5 +1,6 @@
-"""Command line: ``nemo-mft finetune`` / ``python -m nemo_mft.finetune``, and ``nemo-mft export``
-(`nemo_mft.finetune.export_command`).
+"""Command line: ``nemo-mft finetune`` / ``python -m nemo_mft.finetune``, ``nemo-mft import`` (a Hugging Face
+model -> a weights-only checkpoint, `nemo_mft.finetune.import_command`) and ``nemo-mft export`` (a checkpoint ->
+a Hugging Face model directory, `nemo_mft.finetune.export_command`).
 
     nemo-mft finetune --config-name mft_tiny dataset.dataset_root=/data mft.tau=0.1 ++train.train_iters=50
     torchrun --nproc_per_node=8 -m nemo_mft.finetune --config-name mft_llama3_8b dataset.dataset_root=/data
@@ -296,8 +297,11 @@ USAGE = f"""usage: {PROG} <command> [args]
 commands:
   finetune   run a finetuning recipe (Hydra): {PROG} finetune --config-name NAME [key=value ...]
              see `{PROG} finetune --help`
-  export     write a run's checkpoint as a Hugging Face Llama directory (for NIM / vLLM):
-             {PROG} export --run-config RUN/config.yaml --checkpoint CKPT --out DIR; see `{PROG} export --help`
+  import     convert a Hugging Face model directory into a weights-only checkpoint (any TP/PP layout loads it):
+             {PROG} import HF_DIR OUT [--dtype bf16|fp16|fp32]; see `{PROG} import --help`
+  export     write a checkpoint as a Hugging Face model directory (for NIM / vLLM / transformers):
+             {PROG} export --checkpoint CKPT --out DIR [--run-config RUN/config.yaml (a model trained from
+             scratch)] [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]; see `{PROG} export --help`
 """
 
 
@@ -311,10 +315,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if command == "finetune":
         finetune_main(rest)
     elif command == "export":
+        quiet_import_warnings()
         from nemo_mft.finetune.export_command import export_main
 
-        quiet_import_warnings()
         sys.exit(export_main(rest))
+    elif command == "import":
+        quiet_import_warnings()
+        from nemo_mft.finetune.import_command import import_main
+
+        sys.exit(import_main(rest))
     else:
         print(f"{PROG}: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
         sys.exit(2)

@@ -1,27 +1,44 @@
-"""``nemo-mft export``: a finetuning checkpoint -> a Hugging Face Llama directory for NIM / vLLM.
+"""``nemo-mft export``: a checkpoint -> a Hugging Face model directory (for NIM / vLLM / transformers).
 
-    nemo-mft export --run-config runs/my_run/config.yaml --checkpoint ckpt/my_run --out hf/my_model
+    nemo-mft export --checkpoint ckpt/my_run --out hf/my_model [--dtype bf16] [--max-shard-size 5GB]
+    nemo-mft export --checkpoint ckpt/scratch_run --out hf/my_model --run-config runs/scratch_run/config.yaml
 
-The run's resolved ``config.yaml`` (written by ``nemo-mft finetune``) gives the model and tokenizer. The
-checkpoint (a ``checkpoint.save`` directory, whose latest iteration is taken, or one ``iter_*`` directory)
-may have been saved under any TP/PP layout: megatron-core's dist_checkpointing reassembles it into a
-single-process (TP=1, PP=1) model, whose weights are converted by `nemo_mft.export.hf_llama`. The whole
-model is held in CPU memory once (2 bytes per parameter in bf16). This module is the command: it reads the
-recipe and the checkpoint (`nemo_mft.config`, `nemo_mft.training`); the conversion itself takes plain
-megatron-core objects.
+One code path for every supported architecture (`nemo_mft.hf.families`). The checkpoint (a ``checkpoint.save``
+directory, whose latest iteration is taken, or one ``iter_*`` directory, of any TP/PP layout; a training
+checkpoint or one written by ``nemo-mft import``) is described by a HF ``config.json``:
+
+* a checkpoint of a run that started from a Hugging Face model (or from ``nemo-mft import``) carries the base
+  model's files in ``hf/`` (`nemo_mft.training.checkpointing.BASE_MODEL_DIR`): that config.json, with its
+  architecture and every field kept, is written out, with the tokenizer files, chat template and
+  generation_config.json of ``hf/``;
+* a checkpoint without ``hf/`` (a model trained from scratch) needs the run's resolved ``config.yaml``
+  (``--run-config``): its model must be Llama-shaped (`nemo_mft.export.hf_llama.check_llama_compatible`),
+  a ``LlamaForCausalLM`` config.json is made from its model section (`hf_llama.llama_config`) and the
+  tokenizer files come from the run's ``tokenizer.path`` (a Hugging Face tokenizer).
+
+Then a TP=1/PP=1 student is built from that config (`nemo_mft.hf` builders), the checkpoint's weights are
+loaded into it by dist_checkpointing (any saved vocabulary padding: the config's ``vocab_size`` rows are
+kept), converted with `nemo_mft.hf.megatron_to_hf` and written with `nemo_mft.hf.save_hf_dir` (sharded with an
+index above ``--max-shard-size``). ``--dtype`` defaults to the config's dtype (for a model trained from
+scratch: the run's ``model.params_dtype``). The whole model is held in CPU memory once, in that dtype. This
+module is the command: it reads the recipe and the checkpoint (`nemo_mft.config`, `nemo_mft.training`); the
+conversion itself takes plain megatron-core objects.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 from nemo_mft.config.schema import FinetuneConfig
 from nemo_mft.finetune.errors import UsageError, reported_errors
 
-__all__ = ["load_run_config", "check_export_paths", "export_checkpoint", "export_main"]
+__all__ = ["load_run_config", "check_export_paths", "ExportSource", "export_source", "export_checkpoint",
+           "export_main"]
+
+DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' save_pretrained default
 
 
 def load_run_config(path: str) -> FinetuneConfig:
@@ -50,66 +67,137 @@ def load_run_config(path: str) -> FinetuneConfig:
         raise ValueError(f"{path}: {err}") from err
 
 
-def export_checkpoint(
-    config: FinetuneConfig,
-    checkpoint: str,
-    out_dir: str,
-    *,
-    dtype: str = "bfloat16",
-    max_position_embeddings: Optional[int] = None,
-) -> list[str]:
-    """Load ``checkpoint`` into a TP=1/PP=1 student built from ``config`` and write it as HF Llama.
-
-    Runs in the calling process (it initializes a one-process torch.distributed group if none exists);
-    without CUDA, inside `nemo_mft.megatron.megatron_on_cpu` (`export_main` enters it). Returns the
-    written file paths.
-    """
-    from nemo_mft.config import builders
-    from nemo_mft.data import build_tokenizer
-    from nemo_mft.export.hf_llama import check_llama_compatible, save_hf_llama
-    from nemo_mft.megatron import build_model, init_distributed, initialize_parallel, unwrap
-    from nemo_mft.training.checkpointing import load_pretrained_weights
-
-    tokenizer = build_tokenizer(config.tokenizer.type, config.tokenizer.path)
-    single = dataclasses.replace(config.model, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
-                                 sequence_parallel=False)
-    model_config = builders.transformer_config(single)
-    gpt = builders.gpt_options(single, vocab_size=tokenizer.vocab_size, seq_length=config.dataset.seq_length)
-    check_llama_compatible(model_config, gpt)  # fail before any model is built
-    check_export_paths(checkpoint, out_dir)
-    init_distributed()
-    layout = initialize_parallel(1, 1, seed=config.train.seed)
-    chunks = build_model(model_config, builders.layer_spec(single), gpt, groups=layout.groups, with_teacher=False)
-    load_pretrained_weights(checkpoint, chunks, vocab_size=tokenizer.vocab_size,
-                            verify_checksums=config.checkpoint.verify_checksums)
-    state = {k: v for k, v in unwrap(chunks[0]).student.state_dict().items() if not k.endswith("_extra_state")}
-    return save_hf_llama(
-        out_dir, state, model_config, gpt, vocab_size=tokenizer.vocab_size,
-        max_position_embeddings=max_position_embeddings or config.dataset.seq_length, dtype=dtype,
-        tokenizer_path=config.tokenizer.path if config.tokenizer.type == "huggingface" else None,
-        bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-    )
-
-
-def check_export_paths(checkpoint: str, out_dir: str) -> None:
-    """FileNotFoundError when ``checkpoint`` holds no checkpoint, FileExistsError when ``out_dir`` is a file
-    or a directory that is not empty (checked before any model is built)."""
+def check_export_paths(checkpoint: str, out_dir: str) -> str:
+    """The checkpoint directory ``checkpoint`` designates; FileNotFoundError when it holds none,
+    FileExistsError when ``out_dir`` is a file or a directory that is not empty (checked before any model is
+    built)."""
     from nemo_mft.training.checkpointing import resolve_checkpoint
 
-    if resolve_checkpoint(checkpoint) is None:
+    resolved = resolve_checkpoint(checkpoint)
+    if resolved is None:
         raise FileNotFoundError(f"no checkpoint at {checkpoint} (a checkpoint.save directory or one iter_* "
                                 "directory)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"export directory {out_dir} is a file; choose a new directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"export directory {out_dir} is not empty; choose a new directory")
+    return resolved
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose command-line errors are UsageErrors (one line, exit status 2), not usage + message."""
+@dataclass(frozen=True)
+class ExportSource:
+    """What describes a checkpoint's model for export.
 
-    def error(self, message: str):
-        raise UsageError(f"{message} (see {self.prog} --help)")
+    Attributes:
+        hf_config: the config.json to write (the base model's, or one made for a model trained from scratch).
+        tokenizer_dir: where the tokenizer files, chat template and generation_config.json are copied from
+            (None: none; a generation_config.json is made from the config's token ids).
+        default_dtype: the dtype written when ``--dtype`` is not given.
+        where: the origin of ``hf_config``, for messages.
+    """
+
+    hf_config: dict
+    tokenizer_dir: Optional[str]
+    default_dtype: str
+    where: str
+
+
+def _scratch_source(config: FinetuneConfig, run_config_path: str,
+                    max_position_embeddings: Optional[int]) -> ExportSource:
+    """A Llama config.json for the model section of a run trained from scratch (ValueError when it is not
+    Llama-shaped), and the run's tokenizer directory."""
+    from nemo_mft.config import builders
+    from nemo_mft.data import build_tokenizer
+    from nemo_mft.export.hf_llama import check_llama_compatible, llama_config
+
+    model = config.model if config.model.is_complete else config.model.with_scratch_defaults()
+    single = dataclasses.replace(model, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
+                                 sequence_parallel=False)
+    tokenizer_type = config.tokenizer.type or "byte"
+    tokenizer = build_tokenizer(tokenizer_type, config.tokenizer.path)
+    model_config = builders.transformer_config(single)
+    gpt = builders.gpt_options(single, vocab_size=tokenizer.vocab_size, seq_length=config.dataset.seq_length)
+    check_llama_compatible(model_config, gpt)
+    dtype = {"fp32": "float32", "bf16": "bfloat16"}[single.params_dtype]
+    hf_config = llama_config(model_config, gpt, vocab_size=builders.embedding_rows(single, tokenizer.vocab_size),
+                             max_position_embeddings=max_position_embeddings or config.dataset.seq_length,
+                             dtype=dtype, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+    tokenizer_dir = None
+    if tokenizer_type == "huggingface":
+        path = config.tokenizer.path
+        tokenizer_dir = path if os.path.isdir(path) else os.path.dirname(path)
+    return ExportSource(hf_config, tokenizer_dir, dtype, f"the model section of {run_config_path}")
+
+
+def export_source(checkpoint: str, run_config: Optional[FinetuneConfig] = None, *,
+                  run_config_path: str = "the run config", max_position_embeddings: Optional[int] = None
+                  ) -> ExportSource:
+    """The `ExportSource` of checkpoint directory ``checkpoint``: its ``hf/`` files when it has them, else the
+    run's model section (``run_config`` required: ValueError without it)."""
+    from nemo_mft.hf import read_config
+    from nemo_mft.training.checkpointing import BASE_MODEL_DIR, base_model_dir
+
+    hf_dir = base_model_dir(checkpoint)
+    if hf_dir is not None:
+        if max_position_embeddings is not None:
+            raise ValueError(f"--max-position-embeddings applies only to a model trained from scratch: {checkpoint} "
+                             f"carries its base model's config.json ({BASE_MODEL_DIR}/), which is written unchanged")
+        from nemo_mft.finetune.conversion import config_dtype
+
+        hf_config = read_config(hf_dir)
+        where = os.path.join(hf_dir, "config.json")
+        return ExportSource(hf_config, hf_dir, config_dtype(hf_config, where), where)
+    if run_config is None:
+        raise ValueError(f"{checkpoint} has no {BASE_MODEL_DIR}/config.json (a model trained from scratch, not "
+                         "from a Hugging Face model): pass --run-config RUN/config.yaml, the run's resolved recipe, "
+                         "to describe it")
+    return _scratch_source(run_config, run_config_path, max_position_embeddings)
+
+
+def export_checkpoint(
+    checkpoint: str,
+    out_dir: str,
+    *,
+    run_config: Optional[FinetuneConfig] = None,
+    run_config_path: str = "the run config",
+    dtype: Optional[str] = None,
+    max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE,
+    max_position_embeddings: Optional[int] = None,
+) -> list[str]:
+    """Write ``checkpoint`` (a save directory or one ``iter_*`` directory) to ``out_dir`` as a HF model
+    directory; returns the written file paths.
+
+    ``run_config`` describes a checkpoint without ``hf/`` (see the module docstring); with ``hf/`` it is
+    optional and only its ``checkpoint.verify_checksums`` is used. ``dtype``: "bfloat16", "float16",
+    "float32" or None (the source config's). Runs in the calling process (it initializes a one-process
+    torch.distributed group if none exists); without CUDA, inside `nemo_mft.megatron.megatron_on_cpu`
+    (`export_main` enters it). FileNotFoundError / FileExistsError / ValueError for what the user can fix.
+    """
+    from nemo_mft.finetune.conversion import CONVERSION_SEQ_LENGTH, canonical_dtype, single_process_model
+    from nemo_mft.hf import describe, megatron_to_hf, parse_size, save_hf_dir
+    from nemo_mft.megatron import unwrap
+    from nemo_mft.training.checkpointing import load_pretrained_weights
+
+    resolved = check_export_paths(checkpoint, out_dir)
+    dtype = canonical_dtype(dtype) if dtype is not None else None
+    limit = parse_size(max_shard_size)
+    source = export_source(resolved, run_config, run_config_path=run_config_path,
+                           max_position_embeddings=max_position_embeddings)
+    try:
+        model = describe(source.hf_config, seq_length=CONVERSION_SEQ_LENGTH)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{source.where}: {err}") from err
+    dtype = dtype or source.default_dtype
+    verify = run_config.checkpoint.verify_checksums if run_config is not None else True
+    # The model is built in the written dtype: dist_checkpointing casts while loading (rounding as .to() does),
+    # and a wider dtype than the stored one holds its values exactly.
+    with single_process_model(model, dtype=dtype) as (chunks, _):
+        load_pretrained_weights(resolved, chunks, vocab_size=model.vocab_size, verify_checksums=verify)
+        state = {k: v for k, v in unwrap(chunks[0]).student.state_dict().items() if not k.endswith("_extra_state")}
+        tensors = megatron_to_hf(state, model)
+        del state, chunks
+    return save_hf_dir(out_dir, tensors, source.hf_config, tokenizer_dir=source.tokenizer_dir, max_shard_size=limit,
+                       dtype=dtype)
 
 
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -120,22 +208,38 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _export(argv: Optional[Sequence[str]]) -> int:
-    parser = _ArgumentParser(prog="nemo-mft export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-config", required=True, help="config.yaml of the run (in its logger.log_dir)")
+    from nemo_mft.finetune.conversion import DTYPE_CHOICES, ArgumentParser, dtype_argument
+
+    parser = ArgumentParser(prog="nemo-mft export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint.save directory or one iter_* directory")
     parser.add_argument("--out", required=True, help="new (or empty) output directory")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--run-config", default=None,
+                        help="config.yaml of the run (in its logger.log_dir); required only for a checkpoint "
+                             "without hf/ (a model trained from scratch)")
+    parser.add_argument("--dtype", type=dtype_argument, default=None,
+                        help=f"weight dtype, one of {', '.join(DTYPE_CHOICES)} (default: the source config's)")
+    parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE,
+                        help="largest safetensors file before the weights are split into shards with an index, "
+                             "e.g. 5GB, 500MB, 2GiB (default: %(default)s)")
     parser.add_argument("--max-position-embeddings", type=int, default=None,
-                        help="context length written to config.json (default: the run's dataset.seq_length)")
+                        help="context length written to a config.json made from --run-config (default: the run's "
+                             "dataset.seq_length); a checkpoint with hf/ keeps its base model's")
     args = parser.parse_args(argv)
+    from nemo_mft.hf import parse_size
     from nemo_mft.megatron import megatron_on_cpu
 
     try:
-        config = load_run_config(args.run_config)
+        try:
+            parse_size(args.max_shard_size)  # a bad size is an error before anything is read
+        except ValueError as err:
+            raise ValueError(f"--max-shard-size: {err}") from None
+        config = load_run_config(args.run_config) if args.run_config is not None else None
         with megatron_on_cpu():
-            written = export_checkpoint(config, args.checkpoint, args.out, dtype=args.dtype,
+            written = export_checkpoint(args.checkpoint, args.out, run_config=config,
+                                        run_config_path=args.run_config or "the run config", dtype=args.dtype,
+                                        max_shard_size=args.max_shard_size,
                                         max_position_embeddings=args.max_position_embeddings)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # a CheckpointError is a ValueError
         raise UsageError(str(err)) from err
     print(f"exported {len(written)} files to {args.out}")
     return 0

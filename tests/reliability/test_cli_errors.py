@@ -199,7 +199,7 @@ def _llama_run_config(tmp_path, name, **extra):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("no_arguments", "the following arguments are required: --run-config"),
+    ("no_arguments", "the following arguments are required: --checkpoint, --out"),
     ("missing_config", "no run config at"),
     ("unknown_key", "unknown key bogus"),
     ("missing_checkpoint", "no checkpoint at"),
