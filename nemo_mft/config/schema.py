@@ -320,6 +320,40 @@ class MFTSection:
 
 
 @dataclass
+class PeftSection:
+    """Parameter-efficient finetuning. ``method: lora`` trains only LoRA adapters on ``target_modules`` of
+    every layer (A random, B zero: step 0 is the base model); the base weights stay frozen and the MFT
+    teacher is the base model itself with the adapters off (no second copy). Checkpoints hold the adapters."""
+
+    method: str = "none"  # none | lora
+    dim: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    # Megatron-Bridge's names: linear_qkv (q/k/v_proj), linear_proj (o_proj), linear_fc1 (gate/up_proj),
+    # linear_fc2 (down_proj).
+    target_modules: List[str] = field(default_factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1",
+                                                               "linear_fc2"])
+
+    def __post_init__(self) -> None:
+        _require(self.method in ("none", "lora"), f"peft.method must be none or lora, got {self.method!r}")
+        if self.method == "lora":
+            try:
+                self.lora
+            except ValueError as err:
+                raise ValueError(f"peft.{err}") from None
+
+    @property
+    def lora(self):
+        """The `nemo_mft.megatron.LoRAConfig` of this section, None for ``method: none``."""
+        if self.method != "lora":
+            return None
+        from nemo_mft.megatron.adapters import LoRAConfig
+
+        return LoRAConfig(dim=self.dim, alpha=self.alpha, dropout=self.dropout,
+                          target_modules=tuple(self.target_modules))
+
+
+@dataclass
 class FinetuneConfig:
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -331,6 +365,7 @@ class FinetuneConfig:
     logger: LoggerSection = field(default_factory=LoggerSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     mft: MFTSection = field(default_factory=MFTSection)
+    peft: PeftSection = field(default_factory=PeftSection)
 
     def __post_init__(self) -> None:
         if self.checkpoint.pretrained_checkpoint is None:  # from scratch: nothing to read the model from
@@ -342,6 +377,13 @@ class FinetuneConfig:
             _require(self.tokenizer.type != "huggingface" or self.tokenizer.path,
                      "tokenizer.path is required for tokenizer.type=huggingface (or start from a Hugging Face model "
                      "with checkpoint.pretrained_checkpoint, whose tokenizer is then used)")
+        if self.peft.method != "none":
+            _require(self.checkpoint.pretrained_checkpoint is not None,
+                     f"peft.method={self.peft.method} adapts a base model: set checkpoint.pretrained_checkpoint")
+            _require(self.mft.l2_init_weight == 0.0, "mft.l2_init_weight with peft.method=lora is not supported "
+                                                     "(the adapters start at zero change; use the adapters' rank)")
+            _require(not self.model.sequence_parallel, "peft.method=lora with model.sequence_parallel is not "
+                                                       "supported yet")
         decay_iters = self.scheduler.lr_decay_iters or self.train.train_iters
         _require(self.scheduler.lr_warmup_iters <= self.train.train_iters,
                  "scheduler.lr_warmup_iters must not exceed train.train_iters")

@@ -30,7 +30,7 @@ from nemo_mft.hf.checkpoint_io import INDEX, SINGLE, TOKENIZER_FILES
 logger = logging.getLogger("nemo_mft")
 
 __all__ = ["BaseModel", "find_base_model", "resolve_base_model", "architecture_from_hf", "base_model_files",
-           "load_base_weights"]
+           "load_base_weights", "content_fingerprint"]
 
 HUGGINGFACE, MEGATRON = "huggingface", "megatron"
 
@@ -74,6 +74,50 @@ class BaseModel:
         from nemo_mft.training.checkpointing import BASE_MODEL_DIR
 
         return {os.path.join(BASE_MODEL_DIR, name): path for name, path in base_model_files(self.hf_dir).items()}
+
+
+_SAMPLES, _SAMPLE_BYTES = 64, 1 << 16
+
+
+def _sampled_file_digest(path: str, digest) -> None:
+    """Feed ``digest`` the size, the safetensors header and 64 evenly spaced 64 KiB blocks of ``path``."""
+    size = os.path.getsize(path)
+    digest.update(f"{os.path.basename(path)}:{size}".encode())
+    with open(path, "rb") as handle:
+        header = handle.read(8)
+        digest.update(header)
+        if len(header) == 8:
+            digest.update(handle.read(min(int.from_bytes(header, "little"), size)))
+        for i in range(_SAMPLES):
+            handle.seek(size * i // _SAMPLES)
+            digest.update(handle.read(_SAMPLE_BYTES))
+
+
+def content_fingerprint(base: BaseModel) -> str:
+    """A sha256 that identifies the base model's weights, cheap enough for every run start.
+
+    A megatron checkpoint: the sha256 of its manifest (which holds the sha256 of every file: exact). An HF
+    directory: config.json, then per weights file its size, safetensors header (names, shapes, offsets) and
+    64 evenly spaced 64 KiB blocks of its data (sampled: another finetune of the same architecture differs
+    in every block, while reading 16 GB would cost a minute per run).
+    """
+    import hashlib
+
+    from nemo_mft.training.checkpointing import MANIFEST_FILE
+
+    digest = hashlib.sha256()
+    if base.format == MEGATRON:
+        manifest = os.path.join(base.path, MANIFEST_FILE)
+        target = manifest if os.path.isfile(manifest) else os.path.join(base.path, "metadata.json")
+        with open(target, "rb") as handle:
+            digest.update(handle.read())
+        return digest.hexdigest()
+    with open(os.path.join(base.path, "config.json"), "rb") as handle:
+        digest.update(handle.read())
+    for name in sorted(os.listdir(base.path)):
+        if name.endswith(".safetensors"):
+            _sampled_file_digest(os.path.join(base.path, name), digest)
+    return digest.hexdigest()
 
 
 def base_model_files(hf_dir: Optional[str]) -> dict[str, str]:

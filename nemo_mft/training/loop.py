@@ -36,7 +36,7 @@ import torch
 from nemo_mft.config import builders
 from nemo_mft.config.schema import FinetuneConfig
 from nemo_mft.data import MicroBatchSampler, num_microbatches, train_micro_batches
-from nemo_mft.training.base_model import BaseModel, load_base_weights, resolve_base_model
+from nemo_mft.training.base_model import BaseModel, content_fingerprint, load_base_weights, resolve_base_model
 from nemo_mft.training.checkpointing import load_checkpoint, read_common_state, save_checkpoint
 from nemo_mft.training.evaluation import Evaluator
 from nemo_mft.training.guards import DirectoryLock, DivergenceGuard, RunFailed, StopSignals, TrainingDiverged
@@ -123,7 +123,7 @@ def check_run(config: FinetuneConfig) -> CheckedRun:
         _check_machine(config)
         plan = plan_run(config)
         data = load_run_data(config)
-        recipe = fingerprint(config)
+        recipe = fingerprint(config, content_fingerprint(base) if base is not None else None)
         schedule_from_recipe = plan.resume_from is None or _check_resume(config, plan, recipe)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as err:
         raise SetupError(str(err)) from err
@@ -213,7 +213,8 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
     vocab_size = data.tokenizer.vocab_size
     chunks = nm.build_model(builders.transformer_config(config.model), builders.layer_spec(config.model),
                             builders.gpt_options(config.model, vocab_size=vocab_size, seq_length=seq_length),
-                            groups=groups, with_teacher=objective.uses_teacher)
+                            groups=groups, with_teacher=objective.uses_teacher, lora=config.peft.lora,
+                            adapter_seed=train_cfg.seed)
     # Rows that hold the model's vocabulary (>= the tokenizer's): what a checkpoint must keep when it pads
     # the vocabulary for another TP size. The loss predicts only the tokenizer's vocab_size tokens.
     vocab_rows = builders.embedding_rows(config.model, vocab_size)
@@ -266,6 +267,14 @@ def _train(config: FinetuneConfig, checked: CheckedRun, layout, chunks, optimize
 
     plan, data, recipe = checked.plan, checked.data, checked.recipe
     attachments = checked.base.attachments() if checked.base is not None else {}
+    # What the checkpoint's weights need besides themselves: with LoRA they are adapters of this base model.
+    base_record = {}
+    if config.peft.method != "none":
+        base_record = {"peft": {"method": config.peft.method, "dim": config.peft.dim, "alpha": config.peft.alpha,
+                                "dropout": config.peft.dropout, "target_modules": list(config.peft.target_modules)},
+                       "base_model": {"path": os.path.abspath(config.checkpoint.pretrained_checkpoint),
+                                      "format": checked.base.format,
+                                      "content_sha256": recipe["data.base_model"]}}
 
     writer = layout.rank == 0
     groups, objective = layout.groups, config.mft.objective
@@ -300,7 +309,7 @@ def _train(config: FinetuneConfig, checked: CheckedRun, layout, chunks, optimize
         elapsed = box[0]
         base_ppl = {"spec_ppl": finite_or_none(base.spec_ppl), "gen_ppl": finite_or_none(base.gen_ppl)}
         common = {"consumed_samples": iteration * gbs, "base": base_ppl, "train_time_s": elapsed, "method": method,
-                  "recipe": recipe, "initial_student_ce": guard.reference_ce}
+                  "recipe": recipe, "initial_student_ce": guard.reference_ce, **base_record}
         return save_checkpoint(ckpt_cfg.save, iteration, chunks, optimizer, scheduler, layout, common=common,
                                keep_last=ckpt_cfg.keep_last, attachments=attachments)
 

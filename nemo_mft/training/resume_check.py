@@ -33,9 +33,13 @@ FREE_KEYS = (
 
 # Keys added to the recipe after checkpoints were first written, with the value they implicitly had
 # before: a checkpoint that stores no such key is compared as if it stored that value.
+NOT_RECORDED = object()  # a key whose value a checkpoint of an older nemo-mft cannot tell: not compared
 IMPLICIT_BEFORE = {
     "model.layernorm_epsilon": 1e-5, "model.add_qkv_bias": False, "model.qk_layernorm": False,
-    "model.rope_scaling_factor": None, "model.vocab_size": None,
+    "model.rope_scaling_factor": None, "model.vocab_size": None, "peft.method": "none", "peft.dim": 16,
+    "peft.alpha": 32.0, "peft.dropout": 0.0,
+    "peft.target_modules": ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"],
+    "data.base_model": NOT_RECORDED,
 }
 
 
@@ -70,9 +74,11 @@ def _data_files(config: FinetuneConfig) -> dict[str, Optional[str]]:
             "general": config.evaluation.general_data, "tokenizer": tokenizer}
 
 
-def fingerprint(config: FinetuneConfig) -> dict[str, Any]:
-    """The flat recipe (``section.key`` -> value), the effective LR decay length, and ``data.<role>`` ->
-    sha256 of each data file (None when the role is unused). Plain JSON-able values."""
+def fingerprint(config: FinetuneConfig, base_model_sha256: Optional[str] = None) -> dict[str, Any]:
+    """The flat recipe (``section.key`` -> value), the effective LR decay length, ``data.<role>`` -> sha256
+    of each data file (None when the role is unused) and ``data.base_model`` -> the base model's
+    `base_model.content_fingerprint` (the teacher, and with LoRA what the adapters belong to). Plain
+    JSON-able values."""
     from omegaconf import OmegaConf
 
     flat = _flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
@@ -80,6 +86,7 @@ def fingerprint(config: FinetuneConfig) -> dict[str, Any]:
     flat["scheduler.lr_decay_iters"] = config.scheduler.lr_decay_iters or config.train.train_iters
     for role, path in _data_files(config).items():
         flat[f"data.{role}"] = None if not path else file_sha256(path)
+    flat["data.base_model"] = base_model_sha256
     return flat
 
 
@@ -96,6 +103,8 @@ def changed_keys(stored: dict[str, Any], current: dict[str, Any], allowed: Itera
         if _is_free(key, allowed):
             continue
         before = stored.get(key, IMPLICIT_BEFORE.get(key, "<absent>"))
+        if before is NOT_RECORDED:
+            continue
         after = current.get(key, "<absent>")
         if before != after:
             if key.startswith("data."):
