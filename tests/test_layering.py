@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nemo_mft"
 # Lower index = lower layer. A module of layer i may import layers with an index <= i.
-LAYERS = ["loss", "kernels", "methods", "data", "megatron", "hf", "export", "config", "training", "finetune", "demo"]
+LAYERS = ["loss", "kernels", "methods", "data", "megatron", "peft", "hf", "export", "config", "training", "finetune", "demo"]
 # data (readers, tokenizers) is independent of the model stack below it: it imports none of it.
 FORBIDDEN_EXTRA = {"data": {"loss", "kernels", "methods", "megatron", "hf", "export", "config"}}
 

@@ -14,10 +14,11 @@ from megatron.core.optimizer import OptimizerConfig
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from nemo_mft.config.schema import SCRATCH_ARCHITECTURE, ModelSection, OptimizerSection
+from nemo_mft.config.schema import SCRATCH_ARCHITECTURE, FinetuneConfig, ModelSection, OptimizerSection
 from nemo_mft.megatron.model import GPTOptions, local_spec_settings, padded_vocab_size
 
-__all__ = ["PARAMS_DTYPES", "transformer_config", "layer_spec", "embedding_rows", "gpt_options", "optimizer_config"]
+__all__ = ["PARAMS_DTYPES", "transformer_config", "layer_spec", "embedding_rows", "gpt_options", "optimizer_config",
+           "adapt"]
 
 PARAMS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -113,3 +114,14 @@ def optimizer_config(optimizer: OptimizerSection, model: ModelSection) -> Optimi
         params_dtype=dtype,
         use_distributed_optimizer=False,
     )
+
+
+def adapt(config: FinetuneConfig, groups):
+    """``adapt`` for `nemo_mft.megatron.build_model` from ``peft:`` (None without adapters); the adapters'
+    initialization is seeded by ``train.seed``."""
+    lora = config.peft.lora
+    if lora is None:
+        return None
+    from nemo_mft.peft import lora_factory
+
+    return lora_factory(lora, seed=config.train.seed, groups=groups)

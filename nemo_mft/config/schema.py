@@ -344,10 +344,10 @@ class PeftSection:
 
     @property
     def lora(self):
-        """The `nemo_mft.megatron.LoRAConfig` of this section, None for ``method: none``."""
+        """The `nemo_mft.peft.LoRAConfig` of this section, None for ``method: none``."""
         if self.method != "lora":
             return None
-        from nemo_mft.megatron.adapters import LoRAConfig
+        from nemo_mft.peft import LoRAConfig
 
         return LoRAConfig(dim=self.dim, alpha=self.alpha, dropout=self.dropout,
                           target_modules=tuple(self.target_modules))

@@ -9,7 +9,6 @@ group), `forward_step`, `optim` (DDP + optimizer), `schedule` (micro-batch loops
 `regularization` (the L2-to-initial-weights baseline).
 """
 
-from nemo_mft.megatron.adapters import LORA_TARGETS, AdapterSet, LoRAConfig, attach_lora
 from nemo_mft.megatron.cpu_compat import cpu_fallback_active, megatron_on_cpu
 from nemo_mft.megatron.forward_step import REPORT_KEYS, MFTForwardStep, make_forward_step
 from nemo_mft.megatron.mft_model import MFTModel
@@ -22,7 +21,6 @@ from nemo_mft.megatron.regularization import L2ToInitial
 from nemo_mft.megatron.schedule import StepResult, run_microbatches, train_step, with_teacher_activations
 
 __all__ = [
-    "LORA_TARGETS", "AdapterSet", "LoRAConfig", "attach_lora",
     "megatron_on_cpu", "cpu_fallback_active", "REPORT_KEYS", "MFTForwardStep", "make_forward_step", "MFTModel",
     "GPTOptions", "build_model", "local_spec_settings", "padded_vocab_size", "sync_teacher_from_student", "unwrap",
     "build_optimizer", "wrap_with_ddp", "ParallelLayout", "destroy_parallel", "init_distributed",

@@ -12,7 +12,8 @@ V_local = padded vocab / TP. With sequence parallelism the hidden states between
   (`schedule.with_teacher_activations`); the micro-batch size it sees is the true one.
   ``set_input_tensor`` keeps the received tensor and ``forward`` splits it again.
 
-With LoRA adapters (`nemo_mft.megatron.adapters`, registered as ``adapters``; the base weights frozen) the
+With adapters (e.g. LoRA, `nemo_mft.peft`; registered as ``adapters``: a module with ``disabled()`` and
+``sharded_state_dict()``; the base weights frozen) the
 teacher can be the student itself with its adapters off (``adapters_off_teacher``): run in eval mode under
 no_grad, it is exactly the base model and costs no second copy of the weights; checkpoints then hold only
 the adapters.
@@ -33,8 +34,6 @@ from typing import Optional
 import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
-
-from nemo_mft.megatron.adapters import AdapterSet
 
 __all__ = ["MFTModel"]
 
@@ -65,7 +64,7 @@ class MFTModel(MegatronModule):
     """Student GPTModel stage (trainable, registered as ``module``) + optional frozen teacher stage."""
 
     def __init__(self, student: GPTModel, teacher: Optional[GPTModel] = None, *,
-                 adapters: Optional[AdapterSet] = None, adapters_off_teacher: bool = False) -> None:
+                 adapters: Optional[torch.nn.Module] = None, adapters_off_teacher: bool = False) -> None:
         """``teacher``: a frozen copy of the student stage; or, with ``adapters`` (attached to ``student``,
         whose base weights are frozen) and ``adapters_off_teacher``, the teacher is the student itself with
         its adapters off (no second copy of any weight)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from megatron.core.models.gpt import GPTModel
@@ -21,7 +21,6 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
-from nemo_mft.megatron.adapters import LoRAConfig, attach_lora
 from nemo_mft.megatron.mft_model import MFTModel
 
 __all__ = ["GPTOptions", "local_spec_settings", "padded_vocab_size", "check_supported_layout", "build_model",
@@ -131,14 +130,15 @@ def _build_gpt(config: TransformerConfig, layer_spec: ModuleSpec, gpt: GPTOption
 
 
 def build_model(config: TransformerConfig, layer_spec: ModuleSpec, gpt: GPTOptions, *,
-                groups: ProcessGroupCollection, with_teacher: bool, lora: Optional[LoRAConfig] = None,
-                adapter_seed: int = 0) -> list[MFTModel]:
+                groups: ProcessGroupCollection, with_teacher: bool,
+                adapt: Optional[Callable[[GPTModel], torch.nn.Module]] = None) -> list[MFTModel]:
     """The model chunks of this pipeline stage: ``[MFTModel]`` (one chunk; VPP is not supported).
 
     The student is a GPTModel over ``gpt.padded_vocab_size`` columns (this rank's stage and TP shard);
     with ``with_teacher`` a frozen teacher with the same config, stage and initial weights sits beside it.
-    With ``lora``, LoRA adapters (initialized from ``adapter_seed``) are attached to the student, whose base
-    weights are frozen, and the teacher is the student with its adapters off (no copy). Not DDP-wrapped
+    ``adapt`` (e.g. `nemo_mft.peft.lora_factory`) attaches adapters to the student and returns them (a
+    module with ``disabled()`` and ``sharded_state_dict()``; the student's base weights frozen): then only
+    the adapters train and the teacher is the student with its adapters off (no copy). Not DDP-wrapped
     (`optim.wrap_with_ddp`).
     """
     if gpt.padded_vocab_size % groups.tp.size():
@@ -146,9 +146,8 @@ def build_model(config: TransformerConfig, layer_spec: ModuleSpec, gpt: GPTOptio
                          f"size {groups.tp.size()} (use padded_vocab_size())")
     check_supported_layout(config, layer_spec, groups)
     student = _build_gpt(config, layer_spec, gpt, groups)
-    if lora is not None:
-        adapters = attach_lora(student, lora, seed=adapter_seed, tp_group=groups.tp, dp_cp_group=groups.dp_cp)
-        return [MFTModel(student, adapters=adapters, adapters_off_teacher=with_teacher)]
+    if adapt is not None:
+        return [MFTModel(student, adapters=adapt(student), adapters_off_teacher=with_teacher)]
     teacher = None
     if with_teacher:
         # Same config, but skip the random init: the weights are copied from the student just below.

@@ -213,8 +213,7 @@ def _run(config: FinetuneConfig, checked: CheckedRun, layout, resolved_yaml: Opt
     vocab_size = data.tokenizer.vocab_size
     chunks = nm.build_model(builders.transformer_config(config.model), builders.layer_spec(config.model),
                             builders.gpt_options(config.model, vocab_size=vocab_size, seq_length=seq_length),
-                            groups=groups, with_teacher=objective.uses_teacher, lora=config.peft.lora,
-                            adapter_seed=train_cfg.seed)
+                            groups=groups, with_teacher=objective.uses_teacher, adapt=builders.adapt(config, groups))
     # Rows that hold the model's vocabulary (>= the tokenizer's): what a checkpoint must keep when it pads
     # the vocabulary for another TP size. The loss predicts only the tokenizer's vocab_size tokens.
     vocab_rows = builders.embedding_rows(config.model, vocab_size)

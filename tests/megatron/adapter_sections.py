@@ -23,7 +23,7 @@ ADAPTER_STEPS = 2
 
 
 def _lora():
-    from nemo_mft.megatron import LoRAConfig
+    from nemo_mft.peft import LoRAConfig
 
     return LoRAConfig(dim=RANK, alpha=ALPHA)
 

@@ -75,9 +75,12 @@ def build(layout, tp: int = 1, pp: int = 1, *, with_teacher: bool = True, padded
 
     from nemo_mft.megatron import GPTOptions, build_model
 
+    from nemo_mft.peft import lora_factory
+
+    adapt = None if lora is None else lora_factory(lora, seed=5, groups=layout.groups)
     return build_model(tiny_config(tp, pp, **overrides), get_gpt_layer_local_spec(),
                        GPTOptions(padded_vocab_size=padded_vocab, max_sequence_length=SEQ),
-                       groups=layout.groups, with_teacher=with_teacher, lora=lora, adapter_seed=5)
+                       groups=layout.groups, with_teacher=with_teacher, adapt=adapt)
 
 
 def objective(method: str = "mft", **overrides):

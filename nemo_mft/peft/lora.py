@@ -1,4 +1,4 @@
-"""Low-rank adapters on megatron-core's tensor-parallel linear layers, switchable off for the MFT teacher.
+"""LoRA adapters on megatron-core's tensor-parallel linear layers, switchable off for the MFT teacher.
 
 An adapter adds ``delta(x)`` to the output of one linear layer of the student (a forward hook: the base
 module, its parameters and its state-dict keys are untouched). `AdapterSet` holds every adapter of one
@@ -40,7 +40,7 @@ from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_paralle
                                                     reduce_from_tensor_model_parallel_region)
 from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 
-__all__ = ["LORA_TARGETS", "LoRAConfig", "Adapter", "LoRAAdapter", "AdapterSet", "attach_lora"]
+__all__ = ["LORA_TARGETS", "LoRAConfig", "Adapter", "LoRAAdapter", "AdapterSet", "attach_lora", "lora_factory"]
 
 # Megatron-Bridge's target names: the four linear layers of a transformer layer (local and TE specs).
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
@@ -233,3 +233,12 @@ def attach_lora(student: torch.nn.Module, config: LoRAConfig, *, seed: int, tp_g
             adapters.add(key, base, LoRAAdapter(base, config, name=key, seed=seed, tp_group=tp_group,
                                                 dp_cp_group=dp_cp_group, dtype=dtype))
     return adapters
+
+
+def lora_factory(config: LoRAConfig, *, seed: int, groups):
+    """``adapt`` for `nemo_mft.megatron.build_model`: attaches LoRA to the student stage it is given."""
+
+    def adapt(student: torch.nn.Module) -> AdapterSet:
+        return attach_lora(student, config, seed=seed, tp_group=groups.tp, dp_cp_group=groups.dp_cp)
+
+    return adapt
