@@ -20,8 +20,10 @@ Configurations per (budget, seed), by family (``--families``):
 - ``l2``: FT with L2 to the initial weights, weight / 2 ||theta - theta_0||^2, for each ``--l2-weights``.
 - ``replay``: FT and MFT (tau 0.25) with the general corpus' training split (the base model's
   pretraining text) mixed in as ``--replay-fraction`` of the training set.
+- ``lora``: FT and MFT (tau 0.25) training only LoRA adapters (``peft.method=lora``, rank ``--lora-dim``,
+  alpha 2 x rank, learning rate ``--lora-lr``; the MFT teacher is the base with the adapters off).
 
-Not covered: replay of text *sampled from* the base model, EWC, LoRA/DoRA/IA3.
+Not covered: replay of text *sampled from* the base model, EWC, DoRA/IA3.
 
 Output: ``OUT/results.json`` (every run, with its evaluation trajectory; reruns skip what is there),
 ``OUT/table.md`` (mean and standard deviation over seeds) and the table on stdout. The last column is
@@ -50,7 +52,7 @@ from nemo_mft.demo.pipeline import PROFILES, ensure_base_model, finetune, prepar
 from nemo_mft.demo.report import dg_at_s, read_eval_records  # noqa: E402
 
 EPOCHS_AT_500 = 100 * 16 / 500  # the recipe: 100 iterations of 16 samples for 500 samples
-FAMILIES = ("ft", "kd", "mft", "mft_incorrect_only", "kd_ce", "l2", "replay")
+FAMILIES = ("ft", "kd", "mft", "mft_incorrect_only", "kd_ce", "l2", "replay", "lora")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ def configs(args, replay_data: Path) -> list[Config]:
     replay = (f"dataset.replay_data={replay_data}", f"dataset.replay_fraction={args.replay_fraction}")
     out += [Config(f"ft + replay {args.replay_fraction:g}", "replay", "ft", replay),
             Config(f"mft tau=0.25 + replay {args.replay_fraction:g}", "replay", "mft", ("mft.tau=0.25", *replay))]
+    lora = ("peft.method=lora", f"peft.dim={args.lora_dim}", f"peft.alpha={2 * args.lora_dim}",
+            f"optimizer.lr={args.lora_lr}")
+    out += [Config(f"lora r={args.lora_dim} ft", "lora", "ft", lora),
+            Config(f"lora r={args.lora_dim} mft tau=0.25", "lora", "mft", ("mft.tau=0.25", *lora))]
     return [c for c in out if c.family in args.families]
 
 
@@ -149,6 +155,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kd-ce-alphas", type=_floats, default=_floats("0.25,0.5"))
     parser.add_argument("--l2-weights", type=_floats, default=_floats("0.1,1.0"))
     parser.add_argument("--replay-fraction", type=float, default=0.2)
+    parser.add_argument("--lora-dim", type=int, default=16, help="LoRA rank of the lora family (alpha = 2 x rank)")
+    parser.add_argument("--lora-lr", type=float, default=1e-3, help="learning rate of the lora family")
     parser.add_argument("--cache", default="demo_out/cache", help="the demo's cache (base model, data)")
     parser.add_argument("--out", default="benchmarks/paper_repro_out")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the runs")
