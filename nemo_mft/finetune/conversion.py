@@ -50,9 +50,10 @@ def config_dtype(hf_config: Mapping, where: str) -> str:
 
 
 @contextlib.contextmanager
-def single_process_model(model, *, dtype: str, seed: int = 0) -> Iterator[tuple[list, object]]:
+def single_process_model(model, *, dtype: str, seed: int = 0, lora=None) -> Iterator[tuple[list, object]]:
     """``(chunks, layout)``: a TP=1/PP=1 student-only GPTModel of the `HFModel` ``model`` with every parameter
-    in ``dtype``, not initialized (every weight is loaded afterwards), in megatron's one-process groups.
+    in ``dtype``, not initialized (every weight is loaded afterwards), in megatron's one-process groups; with
+    ``lora`` (a `nemo_mft.peft.LoRAConfig`) LoRA adapters on the student (``unwrap(chunks[0]).adapters``).
 
     Needs `nemo_mft.megatron.megatron_on_cpu` on a machine without CUDA. Runs in the calling process: starts a
     one-process gloo group when torch.distributed is not initialized (destroyed again on exit), and destroys
@@ -74,7 +75,13 @@ def single_process_model(model, *, dtype: str, seed: int = 0) -> Iterator[tuple[
                              "(run it without torchrun)")
         layout = initialize_parallel(1, 1, seed=seed)
         try:
-            chunks = build_model(config, layer_spec(model), gpt, groups=layout.groups, with_teacher=False)
+            adapt = None
+            if lora is not None:
+                from nemo_mft.peft import lora_factory
+
+                adapt = lora_factory(lora, seed=seed, groups=layout.groups)
+            chunks = build_model(config, layer_spec(model), gpt, groups=layout.groups, with_teacher=False,
+                                 adapt=adapt)
             # megatron's torch norms ignore params_dtype (training casts them with its Float16Module): cast
             # every parameter, so that each tensor is stored in ``dtype``.
             chunks[0].to(DTYPES[dtype])

@@ -2,7 +2,9 @@
 
 Modules: `families` (the declarative table of supported architectures), `config_map` (config.json ->
 `HFModel` -> TransformerConfig, layer spec, GPTOptions), `checkpoint_io` (sliced safetensors reading,
-writing a checkpoint directory), `convert` (streaming per-rank import, export back to HF tensors).
+writing a checkpoint directory), `convert` (streaming per-rank import, export back to HF tensors),
+`peft_format` (LoRA adapters -> Hugging Face PEFT's adapter directory, or merged into the weights; import it
+from its module).
 """
 
 from nemo_mft.hf.checkpoint_io import SafetensorsReader, parse_size, save_hf_dir

@@ -28,7 +28,7 @@ import torch
 from nemo_mft.hf.checkpoint_io import SafetensorsReader
 from nemo_mft.hf.config_map import HFModel
 
-__all__ = ["load_hf_into", "load_hf_tensors_into", "megatron_to_hf"]
+__all__ = ["load_hf_into", "load_hf_tensors_into", "megatron_to_hf", "split_qkv", "split_fc1"]
 
 _LAYER_NAME = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 _REPLICATED = {
@@ -171,6 +171,22 @@ def _take(state: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
     raise KeyError(f"the megatron state dict has no {name!r}; is it a full GPTModel state (TP=1, PP=1)?")
 
 
+def split_qkv(fused: torch.Tensor, model: HFModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(q, k, v)`` rows of a full (TP=1) fused ``linear_qkv`` tensor [ng*(r+2)*d, ...] (a weight, a bias, or
+    LoRA's B): per query group g its r query heads, then its key head, then its value head (module docstring)."""
+    d, r, ng = model.head_dim, model.heads_per_group, model.num_query_groups
+    tail = fused.shape[1:]
+    per_group = fused.reshape(ng, r + 2, d, *tail)
+    return (per_group[:, :r].reshape(ng * r * d, *tail), per_group[:, r].reshape(ng * d, *tail),
+            per_group[:, r + 1].reshape(ng * d, *tail))
+
+
+def split_fc1(fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gate, up)`` rows of a full (TP=1) ``linear_fc1`` tensor [2f, ...] = [gate; up] (a weight or LoRA's B)."""
+    gate, up = fused.chunk(2, dim=0)
+    return gate, up
+
+
 def megatron_to_hf(state: Mapping[str, torch.Tensor], model: HFModel) -> dict[str, torch.Tensor]:
     """HF tensors of ``model.family`` from a full (TP=1, PP=1) megatron GPTModel state dict.
 
@@ -200,13 +216,10 @@ def megatron_to_hf(state: Mapping[str, torch.Tensor], model: HFModel) -> dict[st
         for suffix, roles in ((".weight", ("q", "k", "v")), (".bias", ("q_bias", "k_bias", "v_bias"))):
             if suffix == ".bias" and not model.qkv_bias:
                 continue
-            fused = _take(state, src + "self_attention.linear_qkv" + suffix)
-            per_group = fused.reshape(ng, r + 2, d, *fused.shape[1:])
-            put(roles[0], per_group[:, :r].reshape(ng * r * d, *fused.shape[1:]))
-            put(roles[1], per_group[:, r].reshape(ng * d, *fused.shape[1:]))
-            put(roles[2], per_group[:, r + 1].reshape(ng * d, *fused.shape[1:]))
+            for role, part in zip(roles, split_qkv(_take(state, src + "self_attention.linear_qkv" + suffix), model)):
+                put(role, part)
         put("o", _take(state, src + "self_attention.linear_proj.weight"))
-        gate, up = _take(state, src + "mlp.linear_fc1.weight").chunk(2, dim=0)
+        gate, up = split_fc1(_take(state, src + "mlp.linear_fc1.weight"))
         put("gate", gate)
         put("up", up)
         put("down", _take(state, src + "mlp.linear_fc2.weight"))

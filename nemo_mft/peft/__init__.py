@@ -6,6 +6,8 @@ adapters off. Sits above `nemo_mft.megatron`, which knows adapters only through 
 (``disabled()``, ``sharded_state_dict()``).
 """
 
-from nemo_mft.peft.lora import LORA_TARGETS, Adapter, AdapterSet, LoRAAdapter, LoRAConfig, attach_lora, lora_factory
+from nemo_mft.peft.lora import (LORA_TARGETS, TARGET_PATHS, Adapter, AdapterSet, LoRAAdapter, LoRAConfig, attach_lora,
+                                lora_factory)
 
-__all__ = ["LORA_TARGETS", "Adapter", "AdapterSet", "LoRAAdapter", "LoRAConfig", "attach_lora", "lora_factory"]
+__all__ = ["LORA_TARGETS", "TARGET_PATHS", "Adapter", "AdapterSet", "LoRAAdapter", "LoRAConfig", "attach_lora",
+           "lora_factory"]

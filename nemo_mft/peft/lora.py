@@ -40,12 +40,14 @@ from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_paralle
                                                     reduce_from_tensor_model_parallel_region)
 from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 
-__all__ = ["LORA_TARGETS", "LoRAConfig", "Adapter", "LoRAAdapter", "AdapterSet", "attach_lora", "lora_factory"]
+__all__ = ["LORA_TARGETS", "TARGET_PATHS", "LoRAConfig", "Adapter", "LoRAAdapter", "AdapterSet", "attach_lora",
+           "lora_factory"]
 
-# Megatron-Bridge's target names: the four linear layers of a transformer layer (local and TE specs).
+# Megatron-Bridge's target names: the four linear layers of a transformer layer (local and TE specs), and each
+# one's module path inside a layer (an adapter's key is ``decoder.layers.<global layer>.<path>``).
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
-_TARGET_PATHS = {"linear_qkv": "self_attention.linear_qkv", "linear_proj": "self_attention.linear_proj",
-                 "linear_fc1": "mlp.linear_fc1", "linear_fc2": "mlp.linear_fc2"}
+TARGET_PATHS = {"linear_qkv": "self_attention.linear_qkv", "linear_proj": "self_attention.linear_proj",
+                "linear_fc1": "mlp.linear_fc1", "linear_fc2": "mlp.linear_fc2"}
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,8 @@ def attach_lora(student: torch.nn.Module, config: LoRAConfig, *, seed: int, tp_g
     for layer in student.decoder.layers:
         global_index = layer.layer_number - 1
         for target in targets or config.target_modules:
-            base = layer.get_submodule(_TARGET_PATHS[target])
-            key = f"decoder.layers.{global_index}.{_TARGET_PATHS[target]}"
+            base = layer.get_submodule(TARGET_PATHS[target])
+            key = f"decoder.layers.{global_index}.{TARGET_PATHS[target]}"
             adapters.add(key, base, LoRAAdapter(base, config, name=key, seed=seed, tp_group=tp_group,
                                                 dp_cp_group=dp_cp_group, dtype=dtype))
     return adapters

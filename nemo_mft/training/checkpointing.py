@@ -607,6 +607,18 @@ def load_pretrained_weights(path: str, chunks, *, vocab_size: Optional[int] = No
     otherwise, before anything is loaded); with the tokenizer's ``vocab_size``, a vocabulary padding that
     differs (another TP size) is accepted as long as both hold every token (see :func:`check_structure`).
     """
+    return _load_weights(path, chunks, adapters=False, vocab_size=vocab_size, verify_checksums=verify_checksums)
+
+
+def load_adapter_weights(path: str, chunks, *, verify_checksums: bool = True) -> str:
+    """Load only the adapters (e.g. LoRA) of checkpoint ``path``, a run with adapters, into the model's adapters
+    (any saved layout); returns its directory. Collective; verified like :func:`load_pretrained_weights`. The
+    base weights are not in such a checkpoint: load them first (`base_model.load_base_weights`)."""
+    return _load_weights(path, chunks, adapters=True, vocab_size=None, verify_checksums=verify_checksums)
+
+
+def _load_weights(path: str, chunks, *, adapters: bool, vocab_size: Optional[int], verify_checksums: bool) -> str:
+    """The weights-only load of :func:`load_pretrained_weights` (the base weights) or :func:`load_adapter_weights`."""
     from megatron.core import dist_checkpointing
 
     from nemo_mft.megatron import unwrap
@@ -618,10 +630,13 @@ def load_pretrained_weights(path: str, chunks, *, vocab_size: Optional[int] = No
     if len(chunks) != 1:
         raise ValueError("one model chunk per pipeline stage is supported (no virtual pipeline)")
     model = unwrap(chunks[0])
-    request = {"model": model.base_sharded_state_dict()}  # the base weights (never adapters)
+    if adapters and model.adapters is None:
+        raise ValueError("load_adapter_weights needs a model with adapters (build_model(..., adapt=...))")
+    # The base weights (never adapters), or the adapters alone (what a run with adapters saves as its model).
+    request = {"model": model.sharded_state_dict() if adapters else model.base_sharded_state_dict()}
     check_structure(ckpt, request, weights_only=True, vocab_size=vocab_size)
     loaded = _read_on_every_rank(ckpt, dist_checkpointing.load, request, ckpt)
-    model.student.load_state_dict(loaded["model"])
+    (model if adapters else model.student).load_state_dict(loaded["model"])
     return ckpt
 
 
