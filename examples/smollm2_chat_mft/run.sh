@@ -50,7 +50,7 @@ if ((SMOKE)); then
     TRAIN_ROWS=240 ITERS=2 GBS=2 MBS=1 SEQ=64 WINDOWS=4 EVAL_INTERVAL=null LOG_INTERVAL=1 LR=5e-5 WARMUP=0
 else
     MODE=full
-    TRAIN_ROWS=480 ITERS=60 GBS=8 MBS=4 SEQ=72 WINDOWS=64 EVAL_INTERVAL=15 LOG_INTERVAL=5 LR=1e-4 WARMUP=5
+    TRAIN_ROWS=480 ITERS=100 GBS=8 MBS=4 SEQ=72 WINDOWS=64 EVAL_INTERVAL=20 LOG_INTERVAL=10 LR=1e-4 WARMUP=5
 fi
 
 if [[ -z $WORK ]]; then
@@ -103,20 +103,22 @@ step "results (test sets: $WORK/data/validation.jsonl, $WORK/data/general.jsonl)
 import json, sys
 from pathlib import Path
 
-from nemo_mft.demo.report import combine_summaries, compare_at_matched_s, format_table
+from nemo_mft.demo.report import combine_summaries, format_table, read_eval_records
 
 work = Path(sys.argv[1])
 runs = {m: json.loads((work / m / "log" / "summary.json").read_text()) for m in ("ft", "mft")}
 summary = combine_summaries(runs)
-summary["matched_S"] = compare_at_matched_s({m: work / m / "log" for m in runs})
+curves = {m: read_eval_records(work / m / "log" / "metrics.jsonl") for m in runs}
+summary["trajectory"] = {m: [{k: r.get(k) for k in ("iteration", "spec_ppl", "gen_ppl", "S", "DG")} for r in recs]
+                         for m, recs in curves.items()}
 (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(format_table(summary, ["ft", "mft"]))
-print("S = domain PPL(base) - domain PPL, DG = general PPL - general PPL(base); per run: "
-      + ", ".join(f"{m} {r['iterations']} iterations in {r['train_time_s']:.0f} s" for m, r in runs.items()))
-matched = summary["matched_S"]
-if matched and matched.get("ft_DG_at_same_S") is not None:
-    print(f"at MFT's final S ({matched['S']:.2f}) FT's trajectory has DG {matched['ft_DG_at_same_S']:.2f} "
-          f"against MFT's {matched['mft_DG']:.2f}")
+print("S = domain PPL(base) - domain PPL, DG = general PPL - general PPL(base); "
+      + ", ".join(f"{m}: {r['iterations']} iterations in {r['train_time_s']:.0f} s" for m, r in runs.items()))
+if len(curves["ft"]) > 2:
+    print("\nalong the runs (evaluations):\n| iteration | FT S | FT DG | MFT S | MFT DG |\n| ---: | ---: | ---: | ---: | ---: |")
+    for a, b in zip(curves["ft"], curves["mft"]):
+        print(f"| {a['iteration']} | {a['S']:.2f} | {a['DG']:.2f} | {b['S']:.2f} | {b['DG']:.2f} |")
 EOF
 
 step "export the MFT checkpoint to a Hugging Face directory"
