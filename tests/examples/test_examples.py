@@ -1,7 +1,7 @@
 """The folders of examples/: each has a README.md and an executable run.sh, and the SmolLM2 chat example's smoke run
 (`examples/smollm2_chat_mft/run.sh --smoke`: FT and MFT of the real SmolLM2-135M-Instruct on CPU, 2 iterations
 each) prints the base / FT / MFT table with finite numbers, exports the MFT checkpoint and generates from the export
-with transformers.
+with transformers (`nemo-mft export --checkpoint CK --out DIR`: the base model's family from the checkpoint's hf/).
 
 The SmolLM2 directory is the project's fixture (tests/fixtures/smollm2.py; `make test` builds it first). A missing or
 damaged fixture is an error with the command that builds it, unless NEMO_MFT_SMOLLM2_OPTIONAL=1 is set, which turns
@@ -117,9 +117,7 @@ def _table(stdout: str) -> dict[str, list[str]]:
 
 def test_smoke_run_prints_the_table(smoke):
     proc, work = smoke
-    # TODO(export merge): once the unified `nemo-mft export --checkpoint CK --out DIR` is merged, the run must
-    # succeed (exit 0); until then the only failure tolerated is exit 3 from that step (test_smoke_run_exports...).
-    assert proc.returncode in (0, 3), f"run.sh --smoke failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"run.sh --smoke failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
     rows = _table(proc.stdout)
     assert set(rows) == {"base", "FT", "MFT"}, proc.stdout[-4000:]
     assert all(math.isfinite(float(v)) for v in rows["base"][:2]) and rows["base"][2:] == ["-", "-", "-"]
@@ -134,17 +132,15 @@ def test_smoke_run_prints_the_table(smoke):
     assert summary["base_check"]["max_abs_difference_between_runs"] < 1e-6 * summary["base"]["gen_ppl"]
 
 
-def test_smoke_run_exports_and_generates(smoke):
+def test_smoke_run_exports_and_generates(smoke, smollm2_dir):
     proc, work = smoke
-    if proc.returncode == 3:
-        # TODO(export merge): the tree predates the unified HF export; `nemo-mft export` still requires
-        # --run-config. Remove this branch after the merge: then only exit 0 with generation output passes.
-        assert "the following arguments are required: --run-config" in proc.stderr, proc.stderr[-4000:]
-        assert "the export step failed" in proc.stderr
-        return
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # The export is the base model's family (SmolLM2: Llama) with its config, tokenizer and chat template.
     export = work / "export_mft"
-    assert (export / "config.json").is_file() and (export / "tokenizer.json").is_file()
+    source = json.loads((smollm2_dir / "config.json").read_text())
+    config = json.loads((export / "config.json").read_text())
+    assert config["architectures"] == source["architectures"] and config["num_hidden_layers"] == 30
+    assert (export / "tokenizer.json").is_file() and (export / "chat_template.jinja").is_file()
     out = proc.stdout
     assert "== generation from the MFT export (LlamaForCausalLM" in out
     answers = re.findall(r"^\[(domain \(held out\)|general)\] A: (.*)$", out, flags=re.M)
