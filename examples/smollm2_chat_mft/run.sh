@@ -3,8 +3,8 @@
 # offline chat domain (a fictional product catalogue), then export of the MFT model to a Hugging Face directory
 # and generation from it with transformers. See README.md in this folder.
 #
-#   examples/smollm2_chat_mft/run.sh            # the full run (about 25 min on 2 CPU cores)
-#   examples/smollm2_chat_mft/run.sh --smoke    # 2 iterations, tiny windows: checks the wiring (2-3 min)
+#   examples/smollm2_chat_mft/run.sh            # the full run (17 min on 2 CPU cores)
+#   examples/smollm2_chat_mft/run.sh --smoke    # 2 iterations, tiny windows: checks the wiring (about 1 min)
 #   examples/smollm2_chat_mft/run.sh --work DIR -- optimizer.lr=3e-5   # Hydra overrides for both runs
 #
 # Environment: MODEL_DIR (an HF chat model directory; default: the SmolLM2 fixture, built by
