@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Greedy chat generation with transformers from a Hugging Face model directory (the example's export).
 
-    python generate.py MODEL_DIR [--validation VALIDATION_JSONL] [--general QUESTION] [--max-new-tokens N]
+    python generate.py MODEL_DIR [--adapter PEFT_DIR] [--validation VALIDATION_JSONL] [--general QUESTION]
+                       [--max-new-tokens N]
 
 Loads MODEL_DIR with AutoModelForCausalLM and AutoTokenizer, offline (HF_HUB_OFFLINE=1, local_files_only), in
-float32 on the CPU; renders each question with the directory's own chat template (add_generation_prompt) and
+float32 on the CPU (with --adapter, peft's PeftModel puts the LoRA adapter on it); renders each question with the directory's own chat template (add_generation_prompt) and
 prints the greedily generated continuation:
 
 * the domain question: the first row of VALIDATION_JSONL (its system prompt and user turn; a (fact, wording)
@@ -41,6 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--general", default=GENERAL_QUESTION, help="the general question")
     parser.add_argument("--max-new-tokens", type=int, default=30)
     parser.add_argument("--label", default=None, help="name printed in the header (default: MODEL_DIR)")
+    parser.add_argument("--adapter", default=None,
+                        help="an HF-PEFT LoRA adapter directory loaded onto MODEL_DIR with peft.PeftModel")
     args = parser.parse_args(argv)
 
     import torch
@@ -52,6 +55,10 @@ def main(argv=None) -> int:
     start = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, local_files_only=True, dtype=torch.float32).eval()
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter, local_files_only=True).eval()
     prompts = []
     if args.validation:
         messages, reference = first_chat(args.validation)

@@ -99,27 +99,7 @@ for method in ft mft; do
 done
 
 step "results (test sets: $WORK/data/validation.jsonl, $WORK/data/general.jsonl)"
-"$PYTHON" - "$WORK" <<'EOF'
-import json, sys
-from pathlib import Path
-
-from nemo_mft.demo.report import combine_summaries, format_table, read_eval_records
-
-work = Path(sys.argv[1])
-runs = {m: json.loads((work / m / "log" / "summary.json").read_text()) for m in ("ft", "mft")}
-summary = combine_summaries(runs)
-curves = {m: read_eval_records(work / m / "log" / "metrics.jsonl") for m in runs}
-summary["trajectory"] = {m: [{k: r.get(k) for k in ("iteration", "spec_ppl", "gen_ppl", "S", "DG")} for r in recs]
-                         for m, recs in curves.items()}
-(work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-print(format_table(summary, ["ft", "mft"]))
-print("S = domain PPL(base) - domain PPL, DG = general PPL - general PPL(base); "
-      + ", ".join(f"{m}: {r['iterations']} iterations in {r['train_time_s']:.0f} s" for m, r in runs.items()))
-if len(curves["ft"]) > 2:
-    print("\nalong the runs (evaluations):\n| iteration | FT S | FT DG | MFT S | MFT DG |\n| ---: | ---: | ---: | ---: | ---: |")
-    for a, b in zip(curves["ft"], curves["mft"]):
-        print(f"| {a['iteration']} | {a['S']:.2f} | {a['DG']:.2f} | {b['S']:.2f} | {b['DG']:.2f} |")
-EOF
+"$PYTHON" "$HERE/report.py" "$WORK"
 
 step "export the MFT checkpoint to a Hugging Face directory"
 if ! nemo_mft export --checkpoint "$WORK/mft/ckpt" --out "$WORK/export_mft"; then

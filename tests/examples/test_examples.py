@@ -146,3 +146,33 @@ def test_smoke_run_exports_and_generates(smoke, smollm2_dir):
     answers = re.findall(r"^\[(domain \(held out\)|general)\] A: (.*)$", out, flags=re.M)
     assert [kind for kind, _ in answers] == ["domain (held out)", "general"]
     assert all(text.strip() for _, text in answers), answers
+
+
+LORA_EXAMPLE = EXAMPLES / "smollm2_lora_mft"
+
+
+@pytest.fixture(scope="module")
+def lora_smoke(smollm2_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("smollm2_lora_example") / "work"
+    env = {**os.environ, "LORA_EXAMPLE_WORK": str(work), "MODEL_DIR": str(smollm2_dir), "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    proc = subprocess.run([str(LORA_EXAMPLE / "run.sh"), "--smoke"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    return proc, work
+
+
+def test_lora_smoke_run_exports_an_adapter_that_peft_loads(lora_smoke, smollm2_dir):
+    """`examples/smollm2_lora_mft/run.sh --smoke`: LoRA-FT and LoRA-MFT table, the MFT adapter exported in
+    HF-PEFT form (exactly the two files NIM reads) and generation through peft from the base + adapter."""
+    proc, work = lora_smoke
+    assert proc.returncode == 0, f"run.sh --smoke failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
+    rows = _table(proc.stdout)
+    assert set(rows) == {"base", "FT", "MFT"} and all(math.isfinite(float(v)) for v in rows["MFT"]), proc.stdout[-3000:]
+    adapter = work / "adapter_mft"
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 16
+    assert config["base_model_name_or_path"] == str(smollm2_dir)
+    assert "== generation from the base + the LoRA-MFT adapter (peft) (PeftModel" in proc.stdout
+    answers = re.findall(r"^\[(domain \(held out\)|general)\] A: (.*)$", proc.stdout, flags=re.M)
+    assert [kind for kind, _ in answers] == ["domain (held out)", "general"] and all(t.strip() for _, t in answers)
