@@ -6,6 +6,7 @@
 #   examples/smollm2_chat_mft/run.sh            # the full run (17 min on 2 CPU cores)
 #   examples/smollm2_chat_mft/run.sh --smoke    # 2 iterations, tiny windows: checks the wiring (about 1 min)
 #   examples/smollm2_chat_mft/run.sh --work DIR -- optimizer.lr=3e-5   # Hydra overrides for both runs
+#   examples/smollm2_chat_mft/run.sh --lora 16  # LoRA-FT vs LoRA-MFT, adapter export (what ../smollm2_lora_mft runs)
 #
 # Environment: MODEL_DIR (an HF chat model directory; default: the SmolLM2 fixture, built by
 # tests/fixtures/smollm2.py), MFT_EXAMPLE_WORK (same as --work), PYTHON (default: the checkout's .venv),
@@ -18,14 +19,19 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 SMOKE=0
 WORK=${MFT_EXAMPLE_WORK:-}
+LORA=0  # LoRA rank; 0: full-weight finetuning
+NAME=smollm2_chat_mft  # the default work directory's folder under runs/examples
 EXTRA=()
 while (($#)); do
     case $1 in
         --smoke) SMOKE=1 ;;
+        --lora) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --lora needs a rank >= 1" >&2; exit 2; }
+                LORA=$2; shift ;;
+        --name) [[ $# -ge 2 ]] || { echo "run.sh: --name needs a folder name" >&2; exit 2; }; NAME=$2; shift ;;
         --work) [[ $# -ge 2 ]] || { echo "run.sh: --work needs a directory" >&2; exit 2; }; WORK=$2; shift ;;
         --work=*) WORK=${1#--work=} ;;
         -h|--help) usage; exit 0 ;;
@@ -53,8 +59,13 @@ else
     TRAIN_ROWS=480 ITERS=100 GBS=8 MBS=4 SEQ=72 WINDOWS=64 EVAL_INTERVAL=20 LOG_INTERVAL=10 LR=1e-4 WARMUP=5
 fi
 
+PEFT=() LABEL=""
+if ((LORA)); then  # adapters learn at a higher rate than full weights
+    PEFT=(peft.method=lora peft.dim=$LORA peft.alpha=$((2 * LORA))) LR=1e-3 LABEL="LoRA r=$LORA: "
+fi
+
 if [[ -z $WORK ]]; then
-    WORK=$ROOT/runs/examples/smollm2_chat_mft/$(date -u +%Y%m%d-%H%M%S)-$MODE
+    WORK=$ROOT/runs/examples/$NAME/$(date -u +%Y%m%d-%H%M%S)-$MODE
     while [[ -e $WORK ]]; do WORK=$WORK-$$; done
 elif [[ -e $WORK && ( ! -d $WORK || -n $(ls -A "$WORK") ) ]]; then
     echo "run.sh: $WORK exists and is not an empty directory; choose another --work (results are never overwritten)" >&2
@@ -83,10 +94,10 @@ step "data: fictional product catalogue (chat) + general English"
 "$PYTHON" "$HERE/make_data.py" "$WORK/data" --train "$TRAIN_ROWS" --seed "$SEED"
 
 for method in ft mft; do
-    step "finetune: mft.method=$method ($ITERS iterations x $GBS rows, seq $SEQ, lr $LR)"
+    step "finetune: ${LABEL}mft.method=$method ($ITERS iterations x $GBS rows, seq $SEQ, lr $LR)"
     mkdir -p "$WORK/$method"
     "$PYTHON" -m nemo_mft.finetune --config-name mft_hf \
-        checkpoint.pretrained_checkpoint="$MODEL_DIR" \
+        checkpoint.pretrained_checkpoint="$MODEL_DIR" ${PEFT[@]+"${PEFT[@]}"} \
         dataset.dataset_root="$WORK/data" evaluation.general_data="$WORK/data/general.jsonl" \
         mft.method=$method model.params_dtype=fp32 train.seed=$SEED \
         train.train_iters=$ITERS train.global_batch_size=$GBS train.micro_batch_size=$MBS \
@@ -99,7 +110,21 @@ for method in ft mft; do
 done
 
 step "results (test sets: $WORK/data/validation.jsonl, $WORK/data/general.jsonl)"
-"$PYTHON" "$HERE/report.py" "$WORK"
+"$PYTHON" "$HERE/report.py" "$WORK" ${LABEL:+--title "${LABEL%: }"}
+
+if ((LORA)); then
+    step "export the LoRA-MFT adapter in HF-PEFT form (adapter_config.json + adapter_model.safetensors)"
+    if ! nemo_mft export --checkpoint "$WORK/mft/ckpt" --out "$WORK/adapter_mft" --adapter; then
+        echo "run.sh: the export step failed (above); the table is in $WORK/summary.json, generation did not run" >&2
+        exit 3
+    fi
+    ls -l "$WORK/adapter_mft"
+    step "generate with transformers + peft: the base model with the exported adapter"
+    "$PYTHON" "$HERE/generate.py" "$MODEL_DIR" --adapter "$WORK/adapter_mft" \
+        --validation "$WORK/data/validation.jsonl" --label "the base + the LoRA-MFT adapter (peft)"
+    step "done in $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s; everything is in $WORK"
+    exit 0
+fi
 
 step "export the MFT checkpoint to a Hugging Face directory"
 if ! nemo_mft export --checkpoint "$WORK/mft/ckpt" --out "$WORK/export_mft"; then

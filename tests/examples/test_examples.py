@@ -24,7 +24,7 @@ from fixtures import smollm2
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SMOLLM2_EXAMPLE = EXAMPLES / "smollm2_chat_mft"
-OPTIONAL_ENV = "NEMO_MFT_SMOLLM2_OPTIONAL"
+OPTIONAL_ENV = smollm2.OPTIONAL_ENV
 TIMEOUT = 1200  # the smoke run takes 2-3 min on 2 idle cores; generous for a loaded machine
 ROW = re.compile(r"^\| (base|FT|MFT) \|(.*)\|\s*$")
 
@@ -83,27 +83,21 @@ def test_run_sh_refuses_a_work_directory_with_results(tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2_dir():
-    directory = smollm2.fixture_dir()
-    found = smollm2.problems(directory)
-    if found:
-        if not directory.exists() and os.environ.get(OPTIONAL_ENV) == "1":
-            pytest.skip(f"SmolLM2 fixture absent at {directory} and {OPTIONAL_ENV}=1")
-        pytest.fail(
-            f"SmolLM2 fixture at {directory} is not usable ({'; '.join(found)}): build it with "
-            f"`python tests/fixtures/smollm2.py` (make test does), or set {OPTIONAL_ENV}=1 to skip when absent",
-            pytrace=False,
-        )
-    return directory
+    return smollm2.directory_for_tests()
+
+
+def _smoke_run(example: Path, work_env: str, model_dir: Path, work: Path):
+    env = {**os.environ, work_env: str(work), "MODEL_DIR": str(model_dir), "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    proc = subprocess.run([str(example / "run.sh"), "--smoke"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    return proc, work
 
 
 @pytest.fixture(scope="module")
 def smoke(smollm2_dir, tmp_path_factory):
-    work = tmp_path_factory.mktemp("smollm2_example") / "work"
-    env = {**os.environ, "MFT_EXAMPLE_WORK": str(work), "MODEL_DIR": str(smollm2_dir), "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    proc = subprocess.run([str(SMOLLM2_EXAMPLE / "run.sh"), "--smoke"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
-    return proc, work
+    return _smoke_run(SMOLLM2_EXAMPLE, "MFT_EXAMPLE_WORK", smollm2_dir,
+                      tmp_path_factory.mktemp("smollm2_example") / "work")
 
 
 def _table(stdout: str) -> dict[str, list[str]]:
@@ -153,12 +147,8 @@ LORA_EXAMPLE = EXAMPLES / "smollm2_lora_mft"
 
 @pytest.fixture(scope="module")
 def lora_smoke(smollm2_dir, tmp_path_factory):
-    work = tmp_path_factory.mktemp("smollm2_lora_example") / "work"
-    env = {**os.environ, "LORA_EXAMPLE_WORK": str(work), "MODEL_DIR": str(smollm2_dir), "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    proc = subprocess.run([str(LORA_EXAMPLE / "run.sh"), "--smoke"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
-    return proc, work
+    return _smoke_run(LORA_EXAMPLE, "LORA_EXAMPLE_WORK", smollm2_dir,
+                      tmp_path_factory.mktemp("smollm2_lora_example") / "work")
 
 
 def test_lora_smoke_run_exports_an_adapter_that_peft_loads(lora_smoke, smollm2_dir):

@@ -14,7 +14,7 @@ import pytest
 
 from fixtures import smollm2
 
-OPTIONAL_ENV = "NEMO_MFT_SMOLLM2_OPTIONAL"
+OPTIONAL_ENV = smollm2.OPTIONAL_ENV
 
 # General English, written for this test (about 200 tokens).
 TEXT = (
@@ -33,17 +33,7 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def smollm2_dir():
-    directory = smollm2.fixture_dir()
-    found = smollm2.problems(directory)
-    if found:
-        if not directory.exists() and os.environ.get(OPTIONAL_ENV) == "1":
-            pytest.skip(f"SmolLM2 fixture absent at {directory} and {OPTIONAL_ENV}=1")
-        pytest.fail(
-            f"SmolLM2 fixture at {directory} is not usable ({'; '.join(found)}): build it with "
-            f"`python tests/fixtures/smollm2.py` (make test does), or set {OPTIONAL_ENV}=1 to skip when absent",
-            pytrace=False,
-        )
-    return directory
+    return smollm2.directory_for_tests()
 
 
 @pytest.fixture(scope="module")
