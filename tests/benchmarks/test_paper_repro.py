@@ -16,18 +16,22 @@ def repro():
 
 def _args(repro, families=None):
     return SimpleNamespace(taus=[0.05, 0.25], io_tau=0.25, kd_ce_alphas=[0.25, 0.5], l2_weights=[0.1],
-                           replay_fraction=0.2, families=set(families or repro.FAMILIES))
+                           replay_fraction=0.2, lora_dim=8, lora_lr=1e-3, families=set(families or repro.FAMILIES))
 
 
 def test_grid_covers_every_baseline_with_its_overrides(repro):
     grid = {c.name: c for c in repro.configs(_args(repro), Path("/g.jsonl"))}
     assert list(grid) == ["ft", "kd", "mft tau=0.05", "mft tau=0.25", "mft_incorrect_only tau=0.25",
                           "kd_ce alpha=0.25", "kd_ce alpha=0.5", "ft + l2_init=0.1", "ft + replay 0.2",
-                          "mft tau=0.25 + replay 0.2"]
+                          "mft tau=0.25 + replay 0.2", "lora r=8 ft", "lora r=8 mft tau=0.25"]
     assert grid["kd_ce alpha=0.25"].method == "kd_ce" and grid["kd_ce alpha=0.25"].overrides == ("mft.kd_ce_alpha=0.25",)
     assert grid["ft + l2_init=0.1"].method == "ft" and grid["ft + l2_init=0.1"].overrides == ("mft.l2_init_weight=0.1",)
     assert grid["mft tau=0.25 + replay 0.2"].overrides == (
         "mft.tau=0.25", "dataset.replay_data=/g.jsonl", "dataset.replay_fraction=0.2")
+    lora = ("peft.method=lora", "peft.dim=8", "peft.alpha=16", "optimizer.lr=0.001")
+    assert grid["lora r=8 ft"].method == "ft" and grid["lora r=8 ft"].overrides == lora
+    assert grid["lora r=8 mft tau=0.25"].method == "mft" and grid["lora r=8 mft tau=0.25"].overrides == (
+        "mft.tau=0.25", *lora)
     only = repro.configs(_args(repro, {"ft", "kd_ce"}), Path("/g.jsonl"))
     assert [c.family for c in only] == ["ft", "kd_ce", "kd_ce"]
 
