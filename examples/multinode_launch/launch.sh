@@ -6,7 +6,7 @@
 #   RUN_DIR=/shared/runs/exp1 NNODES=2 NODE_RANK=0 RDZV_ENDPOINT=node0:29500 RDZV_ID=exp1 \
 #       examples/multinode_launch/launch.sh finetune --config-name mft_llama3_8b dataset.dataset_root=/data
 #   RUN_DIR=/shared/runs/exp2 ... examples/multinode_launch/launch.sh bridge \
-#       --recipe megatron.bridge.recipes.llama.llama3:llama32_1b_finetune_config --config-file conf/bridge/llama32_1b_mft.yaml
+#       --config-file conf/bridge/llama32_1b_mft.yaml checkpoint.pretrained_checkpoint=/shared/ckpt/llama32_1b
 #
 # finetune: our own loop (`nemo-mft finetune`); the launcher adds logger.log_dir=RUN_DIR/logs and
 #   checkpoint.save = checkpoint.load = RUN_DIR/checkpoints (a restarted job resumes from its last checkpoint).
