@@ -1,6 +1,6 @@
 """The package's layers import one way only (read from the source with `ast`, nothing is imported).
 
-    finetune, demo  ->  bridge  ->  training  ->  config  ->  export  ->  hf  ->  megatron  ->  data  ->  methods  ->  kernels  ->  loss
+    finetune, demo  ->  training  ->  bridge (optional)  ->  config  ->  export  ->  hf  ->  megatron  ->  data  ->  methods  ->  kernels  ->  loss
 
 A layer may import the layers to its right, never one to its left; `nemo_mft/__init__.py` (the
 composition root that registers the Triton backend), `nemo_mft/__main__.py` (the command line as a module) and the
@@ -16,8 +16,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nemo_mft"
 # Lower index = lower layer. A module of layer i may import layers with an index <= i.
-LAYERS = ["loss", "kernels", "methods", "data", "megatron", "peft", "hf", "export", "config", "training", "bridge", "finetune",
-          "demo"]
+LAYERS = ["loss", "kernels", "methods", "data", "megatron", "peft", "hf", "export", "config", "bridge", "training",
+          "finetune", "demo"]
 # data (readers, tokenizers) is independent of the model stack below it: it imports none of it.
 FORBIDDEN_EXTRA = {"data": {"loss", "kernels", "methods", "megatron", "hf", "export", "config"}}
 

@@ -1,0 +1,326 @@
+"""The spawned job of tests/bridge/test_bridge_mft.py: Megatron-Bridge's finetune() with nemo_mft.bridge, and the
+same training in nemo_mft's own loop, on 2 gloo ranks (one job: every Bridge start costs seconds).
+
+Sections (each returns plain data; the test file asserts):
+
+- `layout_section(tp)`: Bridge ``finetune()`` of the tiny GPT with MFT for 3 iterations (TP=tp, DP=2/tp), saving
+  at iterations 2 and 3; the teacher's and student's weights when the first micro-batch runs and at the end; the
+  keys of Bridge's checkpoint; then our own loop (``nemo_mft.megatron``: build_model + wrap_with_ddp +
+  build_optimizer + train_step) from the student's weights as Bridge loaded them, on the micro-batches Bridge fed
+  each rank (`bridge_harness.micro_batch`). With ``resume``: a second Bridge run loads the iteration-2 checkpoint
+  and trains iteration 3.
+- `methods_section()`: one iteration of every method (TP=1), Bridge vs our loop.
+- `lora_section()`: Bridge LoRA + MFT (TP=1): logits of student and teacher, base and adapter weights; the base
+  model's logits recomputed by our own megatron-core model from the frozen base weights.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+import bridge_harness as bh
+
+ITERS = 3
+MBS, GBS = 2, 4
+LR = 1e-3
+TAU, TEMPERATURE, KD_CE_ALPHA = 0.25, 1.5, 0.25
+
+
+def _mft(method: str = "mft"):
+    from nemo_mft.config.schema import MFTSection
+
+    return MFTSection(method=method, tau=TAU, temperature=TEMPERATURE, kd_ce_alpha=KD_CE_ALPHA)
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _all_ranks(flag: bool) -> bool:
+    box = [None] * dist.get_world_size()
+    dist.all_gather_object(box, bool(flag))
+    return all(box)
+
+
+def _gather_vocab(logits: torch.Tensor, tp_group) -> torch.Tensor:
+    size = dist.get_world_size(tp_group)
+    if size == 1:
+        return logits.detach().clone()
+    parts = [torch.empty_like(logits) for _ in range(size)]
+    dist.all_gather(parts, logits.detach().contiguous(), group=tp_group)
+    return torch.cat(parts, dim=-1)
+
+
+class Probe:
+    """Wraps the MFT forward step: keeps the model chunk, its weights when the first micro-batch runs, the
+    micro-batches this rank received (by iteration) and, with ``capture``, the first micro-batch's full-vocabulary
+    student and teacher logits of each iteration (copied before the loss: it may write gradients into them)."""
+
+    def __init__(self, inner, capture: bool = False) -> None:
+        self.inner = inner
+        self.capture = capture
+        self.chunk = None
+        self.pg = None
+        self.start = None
+        self.batches: dict[int, list] = {}
+        self.logits: dict[int, dict] = {}
+
+    def __call__(self, state, data_iterator, model):
+        from megatron.bridge.training.utils.pg_utils import get_pg_collection
+        from megatron.core.utils import unwrap_model
+
+        from nemo_mft.megatron.mft_model import MFTModel
+
+        chunk = unwrap_model(model)
+        if self.chunk is None:
+            self.chunk = chunk
+            self.pg = get_pg_collection(model)
+            self.start = {"params": {n: p.detach().clone() for n, p in chunk.named_parameters()}}
+            if isinstance(chunk, MFTModel):
+                self.start.update(student=_tensors(chunk.module), teacher=_tensors(chunk.teacher))
+            else:
+                self.start.update(student=_tensors(chunk))
+        iteration = int(state.train_state.step)
+        batch = next(data_iterator)
+        self.batches.setdefault(iteration, []).append({k: v.clone() for k, v in batch.items()})
+        output, loss_func = self.inner(state, iter([batch]), model)
+        tp_group = get_pg_collection(model).tp
+        first = self.capture and iteration not in self.logits
+
+        def probed_loss_func(output_tensor):
+            if first:
+                student, teacher = output_tensor
+                self.logits[iteration] = {"student": _gather_vocab(student, tp_group),
+                                          "teacher": _gather_vocab(teacher, tp_group),
+                                          "tokens": batch["tokens"].clone()}
+            return loss_func(output_tensor)
+
+        return output, probed_loss_func
+
+
+def _bridge_run(cfg, mft, capture: bool = False):
+    """finetune(cfg) with MFT; returns (probe, Bridge's reduced loss dict per iteration)."""
+    from nemo_mft.bridge import apply_mft, mft_forward_step
+
+    apply_mft(cfg, mft)
+    probe = Probe(mft_forward_step(cfg, mft), capture=capture)
+    capture_cb = bh.weight_capture()
+    bh.run_finetune(cfg, probe, callbacks=[capture_cb])
+    return probe, capture_cb.loss_dicts
+
+
+def _our_loop(provider, tp: int, method: str, start_weights: dict, batches: dict, iters: int) -> list[dict]:
+    """nemo_mft's own loop: same provider config, the student's start weights, the same micro-batches; the
+    reports of each step ({key: (sum, count)} over the global batch)."""
+    import dataclasses
+
+    from megatron.bridge.training.initialize import destroy_global_state
+    from megatron.core.optimizer import OptimizerConfig
+
+    from nemo_mft.megatron import (GPTOptions, build_model, build_optimizer, destroy_parallel, initialize_parallel,
+                                   make_forward_step, train_step, unwrap, wrap_with_ddp)
+
+    destroy_global_state()  # whatever Bridge left
+    layout = initialize_parallel(tp, 1, seed=7)
+    try:
+        config = dataclasses.replace(provider, tensor_model_parallel_size=tp)
+        config.finalize()  # Bridge's provider fills init methods etc. here (Bridge's setup() does the same)
+        gpt = GPTOptions(padded_vocab_size=config.vocab_size, max_sequence_length=config.seq_length,
+                         position_embedding_type=config.position_embedding_type, rotary_base=config.rotary_base,
+                         share_embeddings_and_output_weights=config.share_embeddings_and_output_weights)
+        objective = _mft(method).objective
+        chunks = build_model(config, config.transformer_layer_spec(config), gpt, groups=layout.groups,
+                             with_teacher=objective.uses_teacher)
+        model = unwrap(chunks[0])
+        missing, unexpected = model.module.load_state_dict(start_weights, strict=False)
+        assert not unexpected and all(k.endswith("_extra_state") for k in missing), (missing, unexpected)
+        model.sync_teacher()
+        ddp = wrap_with_ddp(chunks, layout.groups)
+        optimizer = build_optimizer(ddp, OptimizerConfig(optimizer="adam", lr=LR, min_lr=LR, weight_decay=0.0,
+                                                         adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
+                                                         clip_grad=1.0, params_dtype=torch.float32),
+                                    layout.groups)
+        step = make_forward_step(objective, vocab_size=bh.TOKENIZER_VOCAB, tp_group=layout.groups.tp)
+        reports = []
+        for iteration in range(iters):
+            result = train_step(step, iter(batches[iteration]), ddp, optimizer, groups=layout.groups,
+                                num_microbatches=len(batches[iteration]), seq_length=config.seq_length,
+                                micro_batch_size=MBS)
+            reports.append(result.reports)
+        return reports
+    finally:
+        destroy_parallel()
+
+
+def _rank_batches(probe: Probe) -> dict:
+    """The micro-batches this rank received, without the keys Bridge did not need (None)."""
+    return {it: [{k: v for k, v in mb.items() if v is not None} for mb in mbs] for it, mbs in probe.batches.items()}
+
+
+def _matches_checkpoint(saved: dict, module: torch.nn.Module, dp_cp_group) -> bool:
+    """Every plain shard of ``module``'s checkpoint layout (``sharded_state_dict``: key, this rank's slice of the
+    global tensor) equals the saved tensor there (factories, e.g. SwiGLU's split fc1, are left out)."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    shards = [sh for sh in nested_values(module.sharded_state_dict(metadata={"dp_cp_group": dp_cp_group})) if isinstance(sh, ShardedTensor)
+              and sh.key in saved and not sh.key.endswith("_extra_state")]
+    assert len(shards) >= 5, [sh.key for sh in shards]
+    return all(torch.equal(saved[sh.key][sh.global_slice()], sh.data) for sh in shards)
+
+
+def _checkpoint_keys(path: str) -> list[str]:
+    return sorted(bh.load_checkpoint_weights(path))
+
+
+def layout_section(tp: int, run_dir: str, pretrained: str, resume: bool) -> dict:
+    out: dict = {}
+    save = os.path.join(run_dir, f"ft_tp{tp}")
+    cfg = bh.tiny_finetune_config(run_dir=os.path.join(run_dir, f"run_tp{tp}"), tensor_parallel=tp,
+                                  train_iters=ITERS, micro_batch_size=MBS, global_batch_size=GBS, lr=LR,
+                                  pretrained_checkpoint=pretrained, save=save, save_interval=2)
+    provider = bh.tiny_gpt_provider(tensor_parallel=tp)
+    probe, losses = _bridge_run(cfg, _mft())
+    chunk = probe.chunk
+    out["bridge_losses"] = [d["loss"] for d in losses]
+    out["chunk_type"] = type(chunk).__name__
+    out["teacher_start_is_student_start"] = _all_ranks(_equal(probe.start["teacher"], probe.start["student"]))
+    out["teacher_unchanged"] = _all_ranks(_equal(_tensors(chunk.teacher), probe.start["teacher"]))
+    out["teacher_frozen"] = _all_ranks(all(not p.requires_grad for p in chunk.teacher.parameters())
+                                       and not chunk.teacher.training)
+    out["student_changed"] = _all_ranks(not _equal(_tensors(chunk.module), probe.start["student"]))
+    out["teacher_params_in_model"] = any(p is q for p in chunk.parameters() for q in chunk.teacher.parameters())
+    out["checkpoint_keys"] = _checkpoint_keys(save)
+    out["pretrained_keys"] = _checkpoint_keys(pretrained)
+    saved = bh.load_checkpoint_weights(save)
+    out["checkpoint_vs_student"] = _all_ranks(_matches_checkpoint(saved, chunk.module, probe.pg.dp_cp))
+    out["checkpoint_vs_teacher"] = _all_ranks(_matches_checkpoint(saved, chunk.teacher, probe.pg.dp_cp))
+    out["teacher_vs_pretrained"] = _all_ranks(_matches_checkpoint(bh.load_checkpoint_weights(pretrained),
+                                                                  chunk.teacher, probe.pg.dp_cp))
+    student_start = probe.start["student"]
+    teacher_start = probe.start["teacher"]
+    batches = _rank_batches(probe)
+    out["batches_match_harness"] = _all_ranks(_batches_match(batches, tp))
+    if resume:
+        cfg = bh.tiny_finetune_config(run_dir=os.path.join(run_dir, f"resume_tp{tp}"), tensor_parallel=tp,
+                                      train_iters=ITERS, micro_batch_size=MBS, global_batch_size=GBS, lr=LR,
+                                      pretrained_checkpoint=pretrained, load=save)
+        cfg.checkpoint.ckpt_step = 2
+        probe2, losses2 = _bridge_run(cfg, _mft())
+        out["resume_losses"] = [d["loss"] for d in losses2]
+        out["resume_iterations"] = sorted(probe2.batches)
+        out["resumed_teacher_is_pretrained"] = _all_ranks(_equal(probe2.start["teacher"], teacher_start))
+        out["resumed_student_is_finetuned"] = _all_ranks(not _equal(probe2.start["student"], student_start))
+    reports = _our_loop(provider, tp, "mft", student_start, batches, ITERS)
+    out["our_losses"] = [r["loss"][0] / r["loss"][1] for r in reports]
+    return out
+
+
+def _batches_match(batches: dict, tp: int) -> bool:
+    """Bridge's micro-batches on this rank are those `bridge_harness.micro_batch` describes."""
+    dp_size = dist.get_world_size() // tp
+    dp_rank = dist.get_rank() // tp
+    for iteration, mbs in batches.items():
+        for micro, batch in enumerate(mbs):
+            expected = bh.micro_batch(iteration, micro, micro_batch_size=MBS, global_batch_size=GBS,
+                                      data_parallel_rank=dp_rank, data_parallel_size=dp_size)
+            if not all(torch.equal(batch[k], expected[k]) for k in expected):
+                return False
+    return True
+
+
+def methods_section(run_dir: str, pretrained: str) -> dict:
+    from nemo_mft.methods import METHODS
+
+    out = {}
+    for method in METHODS:
+        cfg = bh.tiny_finetune_config(run_dir=os.path.join(run_dir, f"method_{method}"), tensor_parallel=1,
+                                      train_iters=1, micro_batch_size=MBS, global_batch_size=GBS, lr=LR,
+                                      pretrained_checkpoint=pretrained)
+        probe, losses = _bridge_run(cfg, _mft(method))
+        reports = _our_loop(bh.tiny_gpt_provider(tensor_parallel=1), 1, method, probe.start["student"],
+                            _rank_batches(probe), 1)
+        out[method] = {"bridge": losses[0], "ours": {k: v[0] / v[1] for k, v in reports[0].items() if v[1]},
+                       "chunk_type": type(probe.chunk).__name__}
+    return out
+
+
+def lora_section(run_dir: str, pretrained: str) -> dict:
+    from megatron.bridge.peft.lora import LoRA
+
+    cfg = bh.tiny_finetune_config(run_dir=os.path.join(run_dir, "lora"), tensor_parallel=1, train_iters=ITERS,
+                                  micro_batch_size=MBS, global_batch_size=GBS, lr=1e-2,
+                                  pretrained_checkpoint=pretrained,
+                                  peft=LoRA(target_modules=["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"],
+                                            dim=4, alpha=8))
+    probe, losses = _bridge_run(cfg, _mft(), capture=True)
+    chunk = probe.chunk
+    start = probe.start["params"]
+    end = {n: p.detach().clone() for n, p in chunk.named_parameters()}
+    trainable = {n for n, p in chunk.named_parameters() if p.requires_grad}
+    out = {
+        "chunk_type": type(chunk).__name__,
+        "bridge_losses": [d["loss"] for d in losses],
+        "num_trainable": len(trainable),
+        "trainable_are_adapters": all(".adapter." in n for n in trainable),
+        "base_unchanged": _all_ranks(all(torch.equal(start[n], end[n]) for n in start if n not in trainable)),
+        "adapters_changed": _all_ranks(all(not torch.equal(start[n], end[n]) for n in trainable
+                                           if "linear_out" in n)),
+        "step0_student_eq_teacher": torch.equal(probe.logits[0]["student"], probe.logits[0]["teacher"]),
+        "last_student_minus_teacher": float((probe.logits[ITERS - 1]["student"]
+                                             - probe.logits[ITERS - 1]["teacher"]).abs().max()),
+    }
+    # The base model, independently: a plain megatron-core GPTModel with the frozen base weights.
+    base_weights = {n.replace(".to_wrap", ""): v for n, v in start.items() if n not in trainable}
+    reference = _base_logits(bh.tiny_gpt_provider(tensor_parallel=1), base_weights,
+                             [probe.logits[it]["tokens"] for it in range(ITERS)])
+    out["teacher_vs_base"] = [float((probe.logits[it]["teacher"] - reference[it]).abs().max()) for it in range(ITERS)]
+    out["logit_scale"] = float(reference[0].abs().max())
+    return out
+
+
+@torch.no_grad()
+def _base_logits(provider, weights: dict, token_batches: list) -> list[torch.Tensor]:
+    from megatron.bridge.training.initialize import destroy_global_state
+
+    from nemo_mft.megatron import GPTOptions, build_model, destroy_parallel, initialize_parallel, unwrap
+
+    destroy_global_state()
+    layout = initialize_parallel(1, 1, seed=7)
+    try:
+        provider.finalize()
+        gpt = GPTOptions(padded_vocab_size=provider.vocab_size, max_sequence_length=provider.seq_length,
+                         position_embedding_type=provider.position_embedding_type, rotary_base=provider.rotary_base)
+        model = unwrap(build_model(provider, provider.transformer_layer_spec(provider), gpt, groups=layout.groups,
+                                   with_teacher=False)[0]).module
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        assert not unexpected and all(k.endswith("_extra_state") for k in missing), (missing, unexpected)
+        model.eval()
+        positions = torch.arange(provider.seq_length).expand(MBS, -1)
+        return [model(tokens, positions, None) for tokens in token_batches]
+    finally:
+        destroy_parallel()
+
+
+def run_all(rank: int, world_size: int, run_dir: str) -> dict:
+    """Every section on the spawned gloo ranks (inside bridge_on_cpu); rank 0's dict is what the test reads."""
+    pretrained = os.path.join(run_dir, "pretrained")
+    bh.make_pretrained_checkpoint(pretrained)
+    sections = os.environ.get("MFT_BRIDGE_SECTIONS", "tp1,tp2,methods,lora").split(",")
+    out = {}
+    if "tp1" in sections:
+        out["tp1"] = layout_section(1, run_dir, pretrained, resume=True)
+    if "tp2" in sections:
+        out["tp2"] = layout_section(2, run_dir, pretrained, resume=False)
+    if "methods" in sections:
+        out["methods"] = methods_section(run_dir, pretrained)
+    if "lora" in sections:
+        out["lora"] = lora_section(run_dir, pretrained)
+    return out
