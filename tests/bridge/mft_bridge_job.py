@@ -309,12 +309,102 @@ def _base_logits(provider, weights: dict, token_batches: list) -> list[torch.Ten
         destroy_parallel()
 
 
+def _raises(fn, exc_type) -> str:
+    """The message of the ``exc_type`` that ``fn()`` raises ("" when it raises nothing)."""
+    try:
+        fn()
+    except exc_type as err:
+        return str(err)
+    return ""
+
+
+def errors_section(run_dir: str) -> dict:
+    """apply_mft / mft_forward_step on configurations MFT under Bridge refuses, and what a valid one changes."""
+    import dataclasses
+
+    from megatron.bridge.peft.dora import DoRA
+    from megatron.bridge.peft.lora import LoRA
+    from megatron.core.transformer import TransformerConfig
+
+    from nemo_mft.bridge import apply_mft, mft_forward_step
+    from nemo_mft.bridge.teacher import FrozenTeacherHook
+    from nemo_mft.config.schema import MFTSection
+
+    def cfg(peft=None, **model_fields):
+        config = bh.tiny_finetune_config(run_dir=os.path.join(run_dir, "errors"), peft=peft)
+        for name, value in model_fields.items():
+            setattr(config.model, name, value)
+        return config
+
+    def hooks(config):
+        return [h for h in getattr(config.model, "_pre_wrap_hooks", []) if isinstance(h, FrozenTeacherHook)]
+
+    out = {
+        "pp_mft": _raises(lambda: apply_mft(cfg(pipeline_model_parallel_size=2), _mft()), ValueError),
+        "pp_ft": _raises(lambda: apply_mft(cfg(pipeline_model_parallel_size=2), _mft("ft")), ValueError),
+        "vpp": _raises(lambda: apply_mft(cfg(virtual_pipeline_model_parallel_size=2), _mft()), ValueError),
+        "cp": _raises(lambda: apply_mft(cfg(context_parallel_size=2), _mft()), ValueError),
+        "l2": _raises(lambda: apply_mft(cfg(), MFTSection(l2_init_weight=0.1)), ValueError),
+        "dora": _raises(lambda: apply_mft(cfg(peft=DoRA()), _mft()), ValueError),
+        "not_mft_section": _raises(lambda: apply_mft(cfg(), _mft().objective), TypeError),
+    }
+    plain = cfg()
+    plain.model = TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=1)
+    out["not_gpt_provider"] = _raises(lambda: apply_mft(plain, _mft()), TypeError)
+    fsdp = cfg()
+    fsdp.dist = dataclasses.replace(fsdp.dist, use_megatron_fsdp=True)
+    out["fsdp"] = _raises(lambda: apply_mft(fsdp, _mft()), ValueError)
+    fresh = cfg()
+    out["step_before_apply"] = _raises(lambda: mft_forward_step(fresh, _mft()), ValueError)
+    before = (fresh.model.calculate_per_token_loss, fresh.ddp.average_in_collective)
+    fresh.model.calculate_per_token_loss, fresh.ddp.average_in_collective = False, True
+    assert apply_mft(fresh, _mft()) is fresh
+    out["normalization"] = (before, fresh.model.calculate_per_token_loss, fresh.ddp.average_in_collective)
+    out["teacher_hooks"] = len(hooks(fresh))
+    out["twice"] = _raises(lambda: apply_mft(fresh, _mft()), ValueError)
+    out["other_objective"] = _raises(lambda: mft_forward_step(fresh, _mft("kd")), ValueError)
+    out["step_type"] = type(mft_forward_step(fresh, _mft())).__name__
+    lora = cfg(peft=LoRA())
+    apply_mft(lora, _mft())
+    ft = cfg()
+    apply_mft(ft, _mft("ft"))
+    out["hooks_lora_ft"] = (len(hooks(lora)), len(hooks(ft)))
+    out["teacher_follows_dtype"] = _teacher_follows_dtype()
+    return out
+
+
+def _teacher_follows_dtype() -> tuple:
+    """MFTModel.double() / .float(): the teacher's dtype after each (it is not a registered submodule)."""
+    from megatron.bridge.training.initialize import destroy_global_state
+
+    from nemo_mft.megatron import GPTOptions, build_model, destroy_parallel, initialize_parallel, unwrap
+
+    destroy_global_state()
+    layout = initialize_parallel(1, 1, seed=7)
+    try:
+        provider = bh.tiny_gpt_provider(tensor_parallel=1)
+        provider.finalize()
+        gpt = GPTOptions(padded_vocab_size=provider.vocab_size, max_sequence_length=provider.seq_length)
+        chunk = unwrap(build_model(provider, provider.transformer_layer_spec(provider), gpt, groups=layout.groups,
+                                   with_teacher=True)[0])
+        dtypes = [next(chunk.teacher.parameters()).dtype]
+        chunk.double()
+        dtypes.append(next(chunk.teacher.parameters()).dtype)
+        chunk.float()
+        dtypes.append(next(chunk.teacher.parameters()).dtype)
+        return tuple(str(d) for d in dtypes)
+    finally:
+        destroy_parallel()
+
+
 def run_all(rank: int, world_size: int, run_dir: str) -> dict:
     """Every section on the spawned gloo ranks (inside bridge_on_cpu); rank 0's dict is what the test reads."""
     pretrained = os.path.join(run_dir, "pretrained")
     bh.make_pretrained_checkpoint(pretrained)
-    sections = os.environ.get("MFT_BRIDGE_SECTIONS", "tp1,tp2,methods,lora").split(",")
+    sections = os.environ.get("MFT_BRIDGE_SECTIONS", "tp1,tp2,methods,lora,errors").split(",")
     out = {}
+    if "errors" in sections:
+        out["errors"] = errors_section(run_dir)
     if "tp1" in sections:
         out["tp1"] = layout_section(1, run_dir, pretrained, resume=True)
     if "tp2" in sections:
