@@ -16,7 +16,8 @@ __all__ = ["count_adapters", "adapters_off_forward"]
 
 def count_adapters(model: torch.nn.Module) -> int:
     """How many modules of ``model`` (any Bridge wrapper around one chunk) can switch an adapter off."""
-    return sum(1 for module in unwrap_model(model).modules() if callable(getattr(module, "disable_adapter_layers", None)))
+    return sum(1 for module in unwrap_model(model).modules()
+               if callable(getattr(module, "disable_adapter_layers", None)))
 
 
 @torch.no_grad()

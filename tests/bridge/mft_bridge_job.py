@@ -170,8 +170,8 @@ def _matches_checkpoint(saved: dict, module: torch.nn.Module, dp_cp_group) -> bo
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    shards = [sh for sh in nested_values(module.sharded_state_dict(metadata={"dp_cp_group": dp_cp_group})) if isinstance(sh, ShardedTensor)
-              and sh.key in saved and not sh.key.endswith("_extra_state")]
+    layout = module.sharded_state_dict(metadata={"dp_cp_group": dp_cp_group})
+    shards = [sh for sh in nested_values(layout) if isinstance(sh, ShardedTensor) and sh.key in saved]
     assert len(shards) >= 5, [sh.key for sh in shards]
     return all(torch.equal(saved[sh.key][sh.global_slice()], sh.data) for sh in shards)
 
@@ -199,11 +199,11 @@ def layout_section(tp: int, run_dir: str, pretrained: str, resume: bool) -> dict
     out["teacher_params_in_model"] = any(p is q for p in chunk.parameters() for q in chunk.teacher.parameters())
     out["checkpoint_keys"] = _checkpoint_keys(save)
     out["pretrained_keys"] = _checkpoint_keys(pretrained)
-    saved = bh.load_checkpoint_weights(save)
+    saved = bh.load_checkpoint_weights(save, as_parameter_names=False)  # the files' keys: sharded_state_dict's
     out["checkpoint_vs_student"] = _all_ranks(_matches_checkpoint(saved, chunk.module, probe.pg.dp_cp))
     out["checkpoint_vs_teacher"] = _all_ranks(_matches_checkpoint(saved, chunk.teacher, probe.pg.dp_cp))
-    out["teacher_vs_pretrained"] = _all_ranks(_matches_checkpoint(bh.load_checkpoint_weights(pretrained),
-                                                                  chunk.teacher, probe.pg.dp_cp))
+    pretrained_files = bh.load_checkpoint_weights(pretrained, as_parameter_names=False)
+    out["teacher_vs_pretrained"] = _all_ranks(_matches_checkpoint(pretrained_files, chunk.teacher, probe.pg.dp_cp))
     student_start = probe.start["student"]
     teacher_start = probe.start["teacher"]
     batches = _rank_batches(probe)
