@@ -1,4 +1,4 @@
-"""The spawned job of tests/bridge/test_bridge_mft.py: Megatron-Bridge's finetune() with nemo_mft.bridge, and the
+"""The spawned job of tests/bridge/test_mft_finetune.py: Megatron-Bridge's finetune() with nemo_mft.bridge, and the
 same training in nemo_mft's own loop, on 2 gloo ranks (one job: every Bridge start costs seconds).
 
 Sections (each returns plain data; the test file asserts):
@@ -10,12 +10,16 @@ Sections (each returns plain data; the test file asserts):
   each rank (`bridge_harness.micro_batch`). With ``resume``: a second Bridge run loads the iteration-2 checkpoint
   and trains iteration 3.
 - `methods_section()`: one iteration of every method (TP=1), Bridge vs our loop.
+- `eval_section()`: Bridge's evaluation (TP=2) with the MFT forward step, against torch's cross-entropy.
+- `errors_section()`: what apply_mft refuses, and what it changes.
 - `lora_section()`: Bridge LoRA + MFT (TP=1): logits of student and teacher, base and adapter weights; the base
   model's logits recomputed by our own megatron-core model from the frozen base weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 
 import torch
@@ -71,6 +75,7 @@ class Probe:
         self.start = None
         self.batches: dict[int, list] = {}
         self.logits: dict[int, dict] = {}
+        self.evaluations: list[dict] = []
 
     def __call__(self, state, data_iterator, model):
         from megatron.bridge.training.utils.pg_utils import get_pg_collection
@@ -89,12 +94,27 @@ class Probe:
                 self.start.update(student=_tensors(chunk))
         iteration = int(state.train_state.step)
         batch = next(data_iterator)
-        self.batches.setdefault(iteration, []).append({k: v.clone() for k, v in batch.items()})
+        if model.training:
+            self.batches.setdefault(iteration, []).append({k: v.clone() for k, v in batch.items()})
         output, loss_func = self.inner(state, iter([batch]), model)
         tp_group = get_pg_collection(model).tp
-        first = self.capture and iteration not in self.logits
+        first = self.capture and iteration not in self.logits and model.training
+        evaluating = not model.training
 
         def probed_loss_func(output_tensor):
+            if evaluating:  # before the loss; the reference: torch's cross-entropy over the true vocabulary
+                student, teacher = output_tensor
+                full = _gather_vocab(student, tp_group)[..., :bh.TOKENIZER_VOCAB].double()
+                per_token = torch.nn.functional.cross_entropy(full.flatten(0, 1), batch["labels"].flatten(),
+                                                              reduction="none")
+                mask = batch["loss_mask"].flatten().double()
+                loss, num_tokens, reports = loss_func(output_tensor)
+                self.evaluations.append({
+                    "teacher_ran": teacher is not None, "keys": sorted(reports),
+                    "loss": [float(v) for v in reports["loss"]],
+                    "student_ce": [float(v) for v in reports["student_ce"]],
+                    "reference": [float((per_token * mask).sum()), float(mask.sum())]})
+                return loss, num_tokens, reports
             if first:
                 student, teacher = output_tensor
                 self.logits[iteration] = {"student": _gather_vocab(student, tp_group),
@@ -119,8 +139,6 @@ def _bridge_run(cfg, mft, capture: bool = False):
 def _our_loop(provider, tp: int, method: str, start_weights: dict, batches: dict, iters: int) -> list[dict]:
     """nemo_mft's own loop: same provider config, the student's start weights, the same micro-batches; the
     reports of each step ({key: (sum, count)} over the global batch)."""
-    import dataclasses
-
     from megatron.bridge.training.initialize import destroy_global_state
     from megatron.core.optimizer import OptimizerConfig
 
@@ -309,6 +327,35 @@ def _base_logits(provider, weights: dict, token_batches: list) -> list[torch.Ten
         destroy_parallel()
 
 
+@functools.lru_cache(maxsize=None)
+def _with_validation_class():
+    """The harness's fixed-data provider plus a validation split (other samples: another data seed)."""
+    base = bh.dataset_provider_class()
+
+    @dataclasses.dataclass(kw_only=True)
+    class WithValidation(base):
+        def build_datasets(self, context):
+            train, _, _ = super().build_datasets(context)
+            valid = bh.FixedTokenDataset(max(context.valid_samples, GBS), seed=self.seed + 1,
+                                         seq_length=self.seq_length, vocab=self.vocab,
+                                         prompt_length=self.prompt_length)
+            return train, valid, None
+
+    return WithValidation
+
+
+def eval_section(run_dir: str, pretrained: str) -> dict:
+    """Bridge's evaluation (TP=2) with the MFT forward step: the student alone, "loss" = its cross-entropy."""
+    tp = 2
+    cfg = bh.tiny_finetune_config(run_dir=os.path.join(run_dir, "eval"), tensor_parallel=tp, train_iters=2,
+                                  micro_batch_size=MBS, global_batch_size=GBS, lr=LR,
+                                  pretrained_checkpoint=pretrained)
+    cfg.dataset = _with_validation_class()(seq_length=cfg.model.seq_length, seed=0)
+    cfg.train.eval_interval, cfg.train.eval_iters = 2, 1
+    probe, losses = _bridge_run(cfg, _mft())
+    return {"evaluations": probe.evaluations, "train_iterations": sorted(probe.batches), "losses": losses}
+
+
 def _raises(fn, exc_type) -> str:
     """The message of the ``exc_type`` that ``fn()`` raises ("" when it raises nothing)."""
     try:
@@ -320,8 +367,6 @@ def _raises(fn, exc_type) -> str:
 
 def errors_section(run_dir: str) -> dict:
     """apply_mft / mft_forward_step on configurations MFT under Bridge refuses, and what a valid one changes."""
-    import dataclasses
-
     from megatron.bridge.peft.dora import DoRA
     from megatron.bridge.peft.lora import LoRA
     from megatron.core.transformer import TransformerConfig
@@ -401,7 +446,7 @@ def run_all(rank: int, world_size: int, run_dir: str) -> dict:
     """Every section on the spawned gloo ranks (inside bridge_on_cpu); rank 0's dict is what the test reads."""
     pretrained = os.path.join(run_dir, "pretrained")
     bh.make_pretrained_checkpoint(pretrained)
-    sections = os.environ.get("MFT_BRIDGE_SECTIONS", "tp1,tp2,methods,lora,errors").split(",")
+    sections = os.environ.get("MFT_BRIDGE_SECTIONS", "tp1,tp2,methods,lora,eval,errors").split(",")
     out = {}
     if "errors" in sections:
         out["errors"] = errors_section(run_dir)
@@ -413,4 +458,6 @@ def run_all(rank: int, world_size: int, run_dir: str) -> dict:
         out["methods"] = methods_section(run_dir, pretrained)
     if "lora" in sections:
         out["lora"] = lora_section(run_dir, pretrained)
+    if "eval" in sections:
+        out["eval"] = eval_section(run_dir, pretrained)
     return out

@@ -125,3 +125,15 @@ def test_apply_mft_switches_the_objective(result):
     assert errors["hooks_lora_ft"] == (0, 0), "LoRA (adapters-off teacher) and ft get no frozen copy"
     assert errors["step_type"] == "BridgeMFTForwardStep"
     assert errors["teacher_follows_dtype"] == ("torch.float32", "torch.float64", "torch.float32")
+
+
+def test_bridge_evaluation_runs_the_student_alone(result):
+    section = result["eval"]
+    assert section["train_iterations"] == [0, 1]
+    evaluations = section["evaluations"]
+    assert len(evaluations) >= 2, "Bridge ran no evaluation"
+    for case in evaluations:
+        assert not case["teacher_ran"] and case["keys"] == ["loss", "student_ce"]
+        assert case["loss"] == case["student_ce"]
+        (total, count), (ref_total, ref_count) = case["loss"], case["reference"]
+        assert count == ref_count > 0 and math.isclose(total, ref_total, rel_tol=REL), case
