@@ -11,6 +11,7 @@ Sections (each returns plain data; the test file asserts):
   and trains iteration 3.
 - `methods_section()`: one iteration of every method (TP=1), Bridge vs our loop.
 - `eval_section()`: Bridge's evaluation (TP=2) with the MFT forward step, against torch's cross-entropy.
+- `bf16_section()`: the model as Bridge builds it in bf16 (Float16Module around MFTModel), one forward.
 - `errors_section()`: what apply_mft refuses, and what it changes.
 - `lora_section()`: Bridge LoRA + MFT (TP=1): logits of student and teacher, base and adapter weights; the base
   model's logits recomputed by our own megatron-core model from the frozen base weights.
@@ -356,6 +357,47 @@ def eval_section(run_dir: str, pretrained: str) -> dict:
     return {"evaluations": probe.evaluations, "train_iterations": sorted(probe.batches), "losses": losses}
 
 
+def bf16_section(run_dir: str, pretrained: str) -> dict:
+    """bf16: Bridge's get_model wraps each chunk in Float16Module, which casts it. Built the way Bridge's setup()
+    builds it (provide_distributed_model, pre-wrap hooks, Float16Module; no DDP: megatron's bf16 optimizer
+    needs CUDA tensors), then one forward of student and teacher through the wrapper."""
+    from megatron.bridge.training.checkpointing import _load_model_weights_from_checkpoint
+    from megatron.bridge.training.initialize import destroy_global_state
+    from megatron.core import parallel_state
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+    from nemo_mft.bridge import apply_mft
+    from nemo_mft.bridge.pretrained import checkpoint_iteration_dir
+
+    destroy_global_state()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=1)
+    try:
+        cfg = bh.tiny_finetune_config(run_dir=os.path.join(run_dir, "bf16"), pretrained_checkpoint=pretrained,
+                                      model=bh.tiny_gpt_provider(tensor_parallel=1, bf16=True,
+                                                                 params_dtype=torch.bfloat16))
+        apply_mft(cfg, _mft())
+        cfg.model.finalize()
+        wrapped = cfg.model.provide_distributed_model(wrap_with_ddp=False, use_cpu_initialization=True,
+                                                      pg_collection=ProcessGroupCollection.use_mpu_process_groups())
+        chunk = wrapped[0].module
+        # What Bridge's load_checkpoint then does for a new finetuning run: the pretrained weights into the student
+        _load_model_weights_from_checkpoint(checkpoint_iteration_dir(pretrained), [chunk.module])
+        batch = bh.micro_batch(0, 0, micro_batch_size=MBS, global_batch_size=GBS)
+        with torch.no_grad():
+            student, teacher = wrapped[0](batch["tokens"], batch["position_ids"], None, run_teacher=True)
+        pretrained_files = bh.load_checkpoint_weights(pretrained, as_parameter_names=False)
+        dp_cp = parallel_state.get_data_parallel_group(with_context_parallel=True)
+        return {"wrapper": type(wrapped[0]).__name__, "chunk": type(chunk).__name__,
+                "student_dtype": str(next(chunk.module.parameters()).dtype),
+                "teacher_dtype": str(next(chunk.teacher.parameters()).dtype),
+                "logits_dtypes": (str(student.dtype), str(teacher.dtype)),
+                "student_eq_teacher_logits": torch.equal(student, teacher),
+                "teacher_vs_pretrained_bf16": _matches_checkpoint(
+                    {k: v.to(torch.bfloat16) for k, v in pretrained_files.items()}, chunk.teacher, dp_cp)}
+    finally:
+        destroy_global_state()
+
+
 def _raises(fn, exc_type) -> str:
     """The message of the ``exc_type`` that ``fn()`` raises ("" when it raises nothing)."""
     try:
@@ -446,7 +488,7 @@ def run_all(rank: int, world_size: int, run_dir: str) -> dict:
     """Every section on the spawned gloo ranks (inside bridge_on_cpu); rank 0's dict is what the test reads."""
     pretrained = os.path.join(run_dir, "pretrained")
     bh.make_pretrained_checkpoint(pretrained)
-    sections = os.environ.get("MFT_BRIDGE_SECTIONS", "tp1,tp2,methods,lora,eval,errors").split(",")
+    sections = os.environ.get("MFT_BRIDGE_SECTIONS", "tp1,tp2,methods,lora,eval,bf16,errors").split(",")
     out = {}
     if "errors" in sections:
         out["errors"] = errors_section(run_dir)
@@ -458,6 +500,8 @@ def run_all(rank: int, world_size: int, run_dir: str) -> dict:
         out["methods"] = methods_section(run_dir, pretrained)
     if "lora" in sections:
         out["lora"] = lora_section(run_dir, pretrained)
+    if "bf16" in sections:
+        out["bf16"] = bf16_section(run_dir, pretrained)
     if "eval" in sections:
         out["eval"] = eval_section(run_dir, pretrained)
     return out

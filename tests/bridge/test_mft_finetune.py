@@ -137,3 +137,12 @@ def test_bridge_evaluation_runs_the_student_alone(result):
         assert case["loss"] == case["student_ce"]
         (total, count), (ref_total, ref_count) = case["loss"], case["reference"]
         assert count == ref_count > 0 and math.isclose(total, ref_total, rel_tol=REL), case
+
+
+def test_bf16_wrapper_casts_the_teacher_with_the_student(result):
+    section = result["bf16"]
+    assert (section["wrapper"], section["chunk"]) == ("Float16Module", "MFTModel")
+    assert section["student_dtype"] == section["teacher_dtype"] == "torch.bfloat16"
+    assert section["teacher_vs_pretrained_bf16"]
+    assert section["logits_dtypes"] == ("torch.float32", "torch.float32")
+    assert section["student_eq_teacher_logits"], "same bf16 weights, same input: the logits must be equal"
