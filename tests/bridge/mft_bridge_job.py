@@ -360,14 +360,16 @@ def eval_section(run_dir: str, pretrained: str) -> dict:
 def bf16_section(run_dir: str, pretrained: str) -> dict:
     """bf16: Bridge's get_model wraps each chunk in Float16Module, which casts it. Built the way Bridge's setup()
     builds it (provide_distributed_model, pre-wrap hooks, Float16Module; no DDP: megatron's bf16 optimizer
-    needs CUDA tensors), then one forward of student and teacher through the wrapper."""
+    needs CUDA tensors), then student and teacher through the wrapper as the forward step runs them, and the loss
+    on their bf16 logits."""
     from megatron.bridge.training.checkpointing import _load_model_weights_from_checkpoint
     from megatron.bridge.training.initialize import destroy_global_state
     from megatron.core import parallel_state
     from megatron.core.process_groups_config import ProcessGroupCollection
 
-    from nemo_mft.bridge import apply_mft
+    from nemo_mft.bridge import apply_mft, mft_forward_step
     from nemo_mft.bridge.pretrained import checkpoint_iteration_dir
+    from nemo_mft.megatron import make_forward_step
 
     destroy_global_state()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=1)
@@ -383,8 +385,11 @@ def bf16_section(run_dir: str, pretrained: str) -> dict:
         # What Bridge's load_checkpoint then does for a new finetuning run: the pretrained weights into the student
         _load_model_weights_from_checkpoint(checkpoint_iteration_dir(pretrained), [chunk.module])
         batch = bh.micro_batch(0, 0, micro_batch_size=MBS, global_batch_size=GBS)
+        step = mft_forward_step(cfg, _mft())
         with torch.no_grad():
-            student, teacher = wrapped[0](batch["tokens"], batch["position_ids"], None, run_teacher=True)
+            student, teacher = step.run_models(wrapped[0], True, batch["tokens"], batch["position_ids"], None)
+            loss, _, _ = make_forward_step(_mft().objective, vocab_size=bh.TOKENIZER_VOCAB, tp_group=None).loss_func(
+                batch["labels"], batch["loss_mask"], (student.clone(), teacher))
         pretrained_files = bh.load_checkpoint_weights(pretrained, as_parameter_names=False)
         dp_cp = parallel_state.get_data_parallel_group(with_context_parallel=True)
         return {"wrapper": type(wrapped[0]).__name__, "chunk": type(chunk).__name__,
@@ -392,6 +397,7 @@ def bf16_section(run_dir: str, pretrained: str) -> dict:
                 "teacher_dtype": str(next(chunk.teacher.parameters()).dtype),
                 "logits_dtypes": (str(student.dtype), str(teacher.dtype)),
                 "student_eq_teacher_logits": torch.equal(student, teacher),
+                "loss": float(loss),
                 "teacher_vs_pretrained_bf16": _matches_checkpoint(
                     {k: v.to(torch.bfloat16) for k, v in pretrained_files.items()}, chunk.teacher, dp_cp)}
     finally:

@@ -144,5 +144,7 @@ def test_bf16_wrapper_casts_the_teacher_with_the_student(result):
     assert (section["wrapper"], section["chunk"]) == ("Float16Module", "MFTModel")
     assert section["student_dtype"] == section["teacher_dtype"] == "torch.bfloat16"
     assert section["teacher_vs_pretrained_bf16"]
-    assert section["logits_dtypes"] == ("torch.float32", "torch.float32")
+    # the forward step keeps the wrapper from copying the logits to fp32 (the loss computes in fp32 itself)
+    assert section["logits_dtypes"] == ("torch.bfloat16", "torch.bfloat16")
     assert section["student_eq_teacher_logits"], "same bf16 weights, same input: the logits must be equal"
+    assert math.isfinite(section["loss"]) and section["loss"] > 0.0
