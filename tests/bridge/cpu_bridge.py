@@ -31,6 +31,12 @@ Two steps, both for test processes only (the package ``nemo_mft`` never imports 
     - ``megatron.bridge.training.initialize.compile_helpers`` -> no-op: ``initialize_megatron`` always runs ``make``
       on megatron-core's C++ dataset index helpers (needs pybind11 headers and a compiler; ``sys.exit(1)`` when that
       fails); only megatron's indexed (blended GPT) datasets use them, not the harness's fixed dataset.
+    - ``megatron.bridge.models.conversion.param_mapping.MegatronParamMapping.scatter_to_tp_ranks`` gets contiguous
+      splits: AutoBridge's HF import splits row-parallel weights (``linear_proj``, ``linear_fc2``) with
+      ``torch.chunk(w, tp, dim=1)`` and moves each split to the parameter's device before a ``scatter``. On a GPU
+      that ``.to("cuda")`` is a contiguous copy; on the CPU ``.to("cpu")`` returns the strided view itself, and
+      gloo's ``scatter`` sends the view's underlying memory, so TP rank 1 received wrong columns (found by
+      tests/bridge/test_autobridge_import.py: logits off by 1.7 at TP=2 without this, 3e-7 with it).
     - ``torch.cuda.Stream`` / ``current_stream`` / ``stream`` -> a do-nothing stream: ``_ddp_wrap`` in
       ``megatron.bridge.models.model_provider`` builds DDP on a side stream unconditionally.
     - ``torch.cuda.memory_stats`` / ``max_memory_allocated`` / ``memory_allocated`` -> zeros (Bridge's memory
@@ -150,6 +156,7 @@ def _bridge_patches() -> list[tuple[Any, str, Any]]:
     """(owner, attribute, replacement) for the Bridge items of the module docstring."""
     import megatron.bridge.training.initialize as bridge_init
     import megatron.bridge.training.setup as bridge_setup
+    from megatron.bridge.models.conversion.param_mapping import MegatronParamMapping
     from megatron.core import tensor_parallel
 
     original_set_random_seed = bridge_init._set_random_seed
@@ -166,7 +173,16 @@ def _bridge_patches() -> list[tuple[Any, str, Any]]:
             etp_rank=pg_collection.expt_tp.rank(),
         )
 
+    original_scatter = MegatronParamMapping.scatter_to_tp_ranks
+
+    @functools.wraps(original_scatter)
+    def scatter_contiguous(self, splits, *args, **kwargs):
+        if splits:
+            splits = [split.contiguous() for split in splits]
+        return original_scatter(self, splits, *args, **kwargs)
+
     return [
+        (MegatronParamMapping, "scatter_to_tp_ranks", scatter_contiguous),
         (bridge_setup, "initialize_megatron", functools.partial(bridge_setup.initialize_megatron, allow_no_cuda=True)),
         (bridge_init, "_set_random_seed", set_random_seed_and_tracker),
         (bridge_init, "_warmup_jit_function", lambda model_config, micro_batch_size: None),

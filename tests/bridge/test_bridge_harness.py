@@ -1,13 +1,16 @@
 """Bridge's own finetune() with Bridge's own forward step (megatron.bridge.training.gpt_step.forward_step) on the
 tiny GPT of the harness, from a pretrained Bridge checkpoint, at two layouts on the same two gloo ranks:
-TP=2 (DP=1) and TP=1 (DP=2). Both must see the same data and give the same per-iteration losses (fp32, rel 1e-5),
-and the finetuned weights must differ from the pretrained ones (the optimizer really stepped).
+TP=2 (DP=1) and TP=1 (DP=2). Both must see the same data and give the same per-iteration losses (fp32, rel 1e-5);
+the first iteration's loss must equal transformers' (LlamaForCausalLM on the pretrained weights, converted with
+nemo_mft.hf.megatron_to_hf) masked next-token loss on the harness's micro-batches (an independent reference for
+the model, the data order and the loss); and the finetuned weights must differ from the pretrained ones.
 
 One spawned job runs both layouts one after the other (Bridge tears its global state down after each run).
 """
 
 import math
 
+import pytest
 import torch
 
 import bridge_harness as bh
@@ -36,6 +39,33 @@ def _finetune_both_layouts(rank, world_size, run_dir):
     return results
 
 
+def _transformers_loss(megatron_weights, *, iteration):
+    """transformers' token-weighted masked next-token loss of the tiny GPT on the micro-batches of ``iteration``."""
+    import transformers
+
+    from nemo_mft.hf import describe, megatron_to_hf
+
+    config = transformers.LlamaConfig(vocab_size=bh.MODEL_VOCAB, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=bh.SEQ_LENGTH,
+                                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+                                      architectures=["LlamaForCausalLM"])
+    model = transformers.LlamaForCausalLM(config).eval()
+    hf_state = megatron_to_hf(megatron_weights, describe(config.to_dict(), seq_length=bh.SEQ_LENGTH))
+    missing, unexpected = model.load_state_dict(hf_state, strict=False)
+    assert not unexpected and all("rotary" in name for name in missing), (missing, unexpected)
+    total, tokens = 0.0, 0.0
+    for micro in range(GLOBAL_BATCH // MICRO_BATCH):
+        batch = bh.micro_batch(iteration, micro, micro_batch_size=MICRO_BATCH, global_batch_size=GLOBAL_BATCH)
+        with torch.no_grad():
+            logits = model(batch["tokens"], position_ids=batch["position_ids"]).logits.double()
+        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
+                                                      reduction="none")
+        total += float((per_token * batch["loss_mask"].flatten().double()).sum())
+        tokens += float(batch["loss_mask"].sum())
+    return total / tokens
+
+
 def test_finetune_tp2_equals_tp1(tmp_path):
     per_rank = bh.run_ranks(2, _finetune_both_layouts, str(tmp_path))
     pretrained = bh.load_checkpoint_weights(str(tmp_path / "pretrained"))
@@ -55,6 +85,8 @@ def test_finetune_tp2_equals_tp1(tmp_path):
     assert torch.allclose(torch.tensor(losses[2]), torch.tensor(losses[1]), rtol=1e-5, atol=0), losses
     # Untrained, the tiny model predicts ~uniformly over its 128 columns: the first loss is near ln(128).
     assert abs(losses[1][0] - math.log(bh.MODEL_VOCAB)) < 0.2
+
+    assert losses[1][0] == pytest.approx(_transformers_loss(pretrained, iteration=0), rel=1e-5)
 
     trained = per_rank[0][1]["weights"]
     assert set(trained) == set(pretrained), set(trained) ^ set(pretrained)
