@@ -3,7 +3,8 @@ tiny GPT of the harness, from a pretrained Bridge checkpoint, at two layouts on 
 TP=2 (DP=1) and TP=1 (DP=2). Both must see the same data and give the same per-iteration losses (fp32, rel 1e-5);
 the first iteration's loss must equal transformers' (LlamaForCausalLM on the pretrained weights, converted with
 nemo_mft.hf.megatron_to_hf) masked next-token loss on the harness's micro-batches (an independent reference for
-the model, the data order and the loss); and the finetuned weights must differ from the pretrained ones.
+the model, the data order and the loss); the finetuned weights must differ from the pretrained ones; and the TP=2
+run resumed from its Bridge checkpoint of iteration 2 must give exactly the uninterrupted run's last loss.
 
 One spawned job runs both layouts one after the other (Bridge tears its global state down after each run).
 """
@@ -18,6 +19,7 @@ import bridge_harness as bh
 TRAIN_ITERS = 3
 MICRO_BATCH = 2
 GLOBAL_BATCH = 4
+RESUME_FROM = 2
 
 
 def _finetune_both_layouts(rank, world_size, run_dir):
@@ -27,15 +29,25 @@ def _finetune_both_layouts(rank, world_size, run_dir):
     bh.make_pretrained_checkpoint(pretrained)
     results = {}
     for tp in (2, 1):
+        # The TP=2 run also saves Bridge checkpoints (iterations 2 and 3) for the resume below.
+        save = dict(save=f"{run_dir}/checkpoints", save_interval=RESUME_FROM) if tp == 2 else {}
         cfg = bh.tiny_finetune_config(run_dir=f"{run_dir}/tp{tp}", tensor_parallel=tp, train_iters=TRAIN_ITERS,
                                       micro_batch_size=MICRO_BATCH, global_batch_size=GLOBAL_BATCH,
-                                      pretrained_checkpoint=pretrained)
+                                      pretrained_checkpoint=pretrained, **save)
         recorder = bh.LossRecorder(forward_step)
         capture = bh.weight_capture()
         bh.run_finetune(cfg, recorder, callbacks=[capture])
         results[tp] = {"records": recorder.records, "tp_rank": rank % tp,
                        "bridge_lm_loss": [d["lm loss"] for d in capture.loss_dicts],
                        "weights": capture.weights[0] if tp == 1 and rank == 0 else None}
+    # Resume the TP=2 run from its iteration-2 checkpoint (model, optimizer, RNG, data position) and finish it.
+    cfg = bh.tiny_finetune_config(run_dir=f"{run_dir}/resumed", tensor_parallel=2, train_iters=TRAIN_ITERS,
+                                  micro_batch_size=MICRO_BATCH, global_batch_size=GLOBAL_BATCH,
+                                  pretrained_checkpoint=pretrained, load=f"{run_dir}/checkpoints")
+    cfg.checkpoint.ckpt_step = RESUME_FROM
+    recorder = bh.LossRecorder(forward_step)
+    bh.run_finetune(cfg, recorder)
+    results["resumed"] = recorder.records
     return results
 
 
@@ -86,6 +98,9 @@ def test_finetune_tp2_equals_tp1(tmp_path):
     # Untrained, the tiny model predicts ~uniformly over its 128 columns: the first loss is near ln(128).
     assert abs(losses[1][0] - math.log(bh.MODEL_VOCAB)) < 0.2
 
+    resumed = per_rank[0]["resumed"]
+    assert [r["iteration"] for r in resumed] == [RESUME_FROM] * (GLOBAL_BATCH // MICRO_BATCH)
+    assert bh.per_iteration_losses(resumed) == losses[2][RESUME_FROM:]  # exact: same weights, optimizer, data
     assert losses[1][0] == pytest.approx(_transformers_loss(pretrained, iteration=0), rel=1e-5)
 
     trained = per_rank[0][1]["weights"]
