@@ -55,6 +55,10 @@ Pieces:
 
 Facts found while building this (Bridge 0.3.1, megatron-core 0.16.1, torch 2.13 CPU):
 
+- Run it with the ``.venv-bridge`` that ``make venv-bridge`` builds from requirements/bridge*.txt (about 1 min
+  with a warm pip cache). A venv with only Bridge --no-deps, transformers 4.57 and peft lacks packages Bridge
+  imports at module level (below) and fails in ``import megatron.bridge`` or ``megatron.bridge.training.*``.
+
 - ``megatron.bridge.training.train``, ``checkpointing`` and ``gpt_step`` import NVIDIA ModelOpt at module level,
   and ``megatron.bridge.models`` imports einops; ``megatron.bridge.recipes`` imports every recipe family,
   including the VLM ones, and so Megatron-Energon's dependencies (multi-storage-client, webdataset, s3fs, ...).
