@@ -4,7 +4,8 @@ TP=2 (DP=1) and TP=1 (DP=2). Both must see the same data and give the same per-i
 the first iteration's loss must equal transformers' (LlamaForCausalLM on the pretrained weights, converted with
 nemo_mft.hf.megatron_to_hf) masked next-token loss on the harness's micro-batches (an independent reference for
 the model, the data order and the loss); the finetuned weights must differ from the pretrained ones; and the TP=2
-run resumed from its Bridge checkpoint of iteration 2 must give exactly the uninterrupted run's last loss.
+run resumed from its Bridge checkpoint of iteration 2 must give exactly the uninterrupted run's last loss. A run
+with Bridge's LoRA (``ConfigContainer.peft``) at TP=2 starts at the base model's loss (B = 0).
 
 One spawned job runs both layouts one after the other (Bridge tears its global state down after each run).
 """
@@ -48,6 +49,15 @@ def _finetune_both_layouts(rank, world_size, run_dir):
     recorder = bh.LossRecorder(forward_step)
     bh.run_finetune(cfg, recorder)
     results["resumed"] = recorder.records
+    # Bridge's LoRA (config.peft) on the plain megatron-core linears, one iteration at TP=2.
+    from megatron.bridge.peft.lora import LoRA
+
+    cfg = bh.tiny_finetune_config(run_dir=f"{run_dir}/lora", tensor_parallel=2, train_iters=1,
+                                  micro_batch_size=MICRO_BATCH, global_batch_size=GLOBAL_BATCH,
+                                  pretrained_checkpoint=pretrained, peft=LoRA(dim=4, alpha=8))
+    recorder, capture = bh.LossRecorder(forward_step), bh.weight_capture()
+    bh.run_finetune(cfg, recorder, callbacks=[capture])
+    results["lora"] = {"records": recorder.records, "names": sorted(capture.weights[0])}
     return results
 
 
@@ -101,6 +111,10 @@ def test_finetune_tp2_equals_tp1(tmp_path):
     resumed = per_rank[0]["resumed"]
     assert [r["iteration"] for r in resumed] == [RESUME_FROM] * (GLOBAL_BATCH // MICRO_BATCH)
     assert bh.per_iteration_losses(resumed) == losses[2][RESUME_FROM:]  # exact: same weights, optimizer, data
+    # LoRA's B starts at zero: its first loss is the base model's; adapters sit on all four linears of each layer.
+    lora = per_rank[0]["lora"]
+    assert bh.per_iteration_losses(lora["records"]) == pytest.approx(losses[2][:1], rel=1e-6)
+    assert sum(".adapter.linear_out.weight" in name for name in lora["names"]) == 2 * 4
     assert losses[1][0] == pytest.approx(_transformers_loss(pretrained, iteration=0), rel=1e-5)
 
     trained = per_rank[0][1]["weights"]
