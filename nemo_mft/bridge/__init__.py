@@ -33,6 +33,13 @@ def _require_bridge() -> None:
 
 _require_bridge()
 
-from nemo_mft.bridge.apply import apply_mft, mft_forward_step  # noqa: E402
+try:
+    from nemo_mft.bridge.apply import apply_mft, mft_forward_step  # noqa: E402
+except ModuleNotFoundError as _err:
+    if (_err.name or "").split(".")[0] != "transformer_engine":
+        raise
+    raise ImportError("Megatron-Bridge 0.3.1 imports NVIDIA TransformerEngine when it is imported (its LoRA "
+                      "layers); install TransformerEngine (it comes with the NGC NeMo / PyTorch containers). "
+                      f"Missing: {_err.name}") from _err
 
 __all__ = ["apply_mft", "mft_forward_step"]

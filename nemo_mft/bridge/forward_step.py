@@ -26,6 +26,7 @@ from megatron.bridge.training.gpt_step import get_batch
 from megatron.bridge.training.utils.pg_utils import get_pg_collection
 from megatron.core.pipeline_parallel.utils import is_pp_last_stage
 from megatron.core.rerun_state_machine import get_rerun_state_machine
+from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import unwrap_model
 
 from nemo_mft.bridge.lora_teacher import adapters_off_forward, count_adapters
@@ -45,6 +46,16 @@ def true_vocab_size(cfg) -> int:
     if getattr(cfg.model, "vocab_size", None) is None:
         raise ValueError("no vocabulary size: neither cfg.dataset.tokenizer nor cfg.model.vocab_size is set")
     return int(cfg.model.vocab_size)
+
+
+def _has_float16_wrapper(model: torch.nn.Module) -> bool:
+    """``model`` (a Bridge model chunk: DDP around the chunk) contains megatron's ``Float16Module``."""
+    module = model
+    while module is not None:
+        if isinstance(module, Float16Module):
+            return True
+        module = getattr(module, "module", None)
+    return False
 
 
 def _check_finite(loss: torch.Tensor, cfg) -> None:
@@ -75,15 +86,18 @@ class BridgeMFTForwardStep:
         return make_forward_step(self.objective, vocab_size=true_vocab_size(state.cfg),
                                  tp_group=get_pg_collection(model).tp, evaluate=evaluate)
 
-    def _run_models(self, model, run_teacher: bool, tokens, position_ids, attention_mask):
+    def run_models(self, model, run_teacher: bool, tokens, position_ids, attention_mask):
         """(student, teacher) logits on the last stage ([B, S, V_local]; teacher None when not run), the
-        stage's output tensor elsewhere."""
+        stage's output tensor elsewhere. Under Bridge's mixed-precision wrapper (``Float16Module``) the logits stay
+        in the model's precision (``fp32_output=False``), as in our own loop: the loss computes in fp32 itself, and
+        no fp32 copy of two [B, S, V_local] tensors is made."""
+        options = {"fp32_output": False} if _has_float16_wrapper(model) else {}
         if isinstance(unwrap_model(model), MFTModel):
-            return model(tokens, position_ids, attention_mask, run_teacher=run_teacher)
+            return model(tokens, position_ids, attention_mask, run_teacher=run_teacher, **options)
         if run_teacher and self.peft is None:
             raise RuntimeError(f"method {self.objective.method!r} needs a teacher, but the model has none: call "
                                "nemo_mft.bridge.apply_mft(config, mft) before finetune()")
-        student = model(tokens, position_ids, attention_mask)
+        student = model(tokens, position_ids, attention_mask, **options)
         teacher = None
         if run_teacher:
             if not self._adapters_checked:
@@ -91,7 +105,7 @@ class BridgeMFTForwardStep:
                     raise RuntimeError("config.peft is LoRA but the model has no adapters (no target module "
                                        "matched): the adapters-off teacher would equal the student")
                 self._adapters_checked = True
-            teacher = adapters_off_forward(self.peft, model, tokens, position_ids, attention_mask)
+            teacher = adapters_off_forward(self.peft, model, tokens, position_ids, attention_mask, **options)
         return student, teacher
 
     def __call__(self, state, data_iterator, model):
@@ -104,7 +118,7 @@ class BridgeMFTForwardStep:
                              "use dataset.packed_sequence_specs=None")
         evaluate = not model.training  # Bridge's evaluate() puts the chunks in eval mode
         step = self._loss_step(state, model, evaluate)
-        output = self._run_models(model, step.runs_teacher, tokens, position_ids, attention_mask)
+        output = self.run_models(model, step.runs_teacher, tokens, position_ids, attention_mask)
         if is_pp_last_stage(pg_collection.pp) and not isinstance(output, tuple):
             output = (output, None)  # a plain GPT model (ft, or LoRA in evaluation): the student's logits
         return output, partial(self._loss, step, state.cfg, labels, loss_mask)

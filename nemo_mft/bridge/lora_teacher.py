@@ -16,19 +16,20 @@ __all__ = ["count_adapters", "adapters_off_forward"]
 
 def count_adapters(model: torch.nn.Module) -> int:
     """How many modules of ``model`` (any Bridge wrapper around one chunk) can switch an adapter off."""
-    return sum(1 for module in unwrap_model(model).modules() if callable(getattr(module, "disable_adapter_layers", None)))
+    return sum(1 for module in unwrap_model(model).modules()
+               if callable(getattr(module, "disable_adapter_layers", None)))
 
 
 @torch.no_grad()
-def adapters_off_forward(peft, model: torch.nn.Module, input_ids, position_ids, attention_mask):
+def adapters_off_forward(peft, model: torch.nn.Module, input_ids, position_ids, attention_mask, **options):
     """The base model's output for one micro-batch: ``model`` (a Bridge-wrapped chunk with LoRA) run with its
     adapters off, in eval mode (no dropout), without a graph. Shapes as the model's forward: input_ids and
     position_ids [B, S]; returns logits [B, S, V_local] on the last pipeline stage. Train mode and the adapters
-    are put back afterwards."""
+    are put back afterwards. ``options``: further keyword arguments of the model's forward."""
     was_training = model.training
     model.eval()
     try:
         with peft.disable_adapter([unwrap_model(model)]):
-            return model(input_ids, position_ids, attention_mask)
+            return model(input_ids, position_ids, attention_mask, **options)
     finally:
         model.train(was_training)

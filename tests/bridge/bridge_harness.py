@@ -55,6 +55,10 @@ Pieces:
 
 Facts found while building this (Bridge 0.3.1, megatron-core 0.16.1, torch 2.13 CPU):
 
+- Run it with the ``.venv-bridge`` that ``make venv-bridge`` builds from requirements/bridge*.txt (about 1 min
+  with a warm pip cache). A venv with only Bridge --no-deps, transformers 4.57 and peft lacks packages Bridge
+  imports at module level (below) and fails in ``import megatron.bridge`` or ``megatron.bridge.training.*``.
+
 - ``megatron.bridge.training.train``, ``checkpointing`` and ``gpt_step`` import NVIDIA ModelOpt at module level,
   and ``megatron.bridge.models`` imports einops; ``megatron.bridge.recipes`` imports every recipe family,
   including the VLM ones, and so Megatron-Energon's dependencies (multi-storage-client, webdataset, s3fs, ...).
@@ -69,6 +73,7 @@ Facts found while building this (Bridge 0.3.1, megatron-core 0.16.1, torch 2.13 
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import pickle
@@ -91,6 +96,7 @@ import cpu_bridge  # noqa: E402  (tests/bridge/cpu_bridge.py)
 TOKENIZER_VOCAB = 100  # tokens of the fixed data are drawn from [0, TOKENIZER_VOCAB)
 MODEL_VOCAB = 128  # output columns of the tiny model (a multiple of 2 * 64: TP=1 and TP=2 alike)
 SEQ_LENGTH = 16
+COLLECTIVE_TIMEOUT_S = 300  # gloo's timeout for every collective of a run_ranks job
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -115,7 +121,9 @@ def _rank_main(rank: int, world_size: int, port: int, out_dir: str, payload: byt
     try:
         cpu_bridge.install_stand_ins()
         fn, args = pickle.loads(payload)
-        torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+        # A rank that fails leaves the others in a collective: they time out instead of hanging the test run.
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size,
+                                             timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
         with cpu_bridge.bridge_on_cpu():
             result = fn(rank, world_size, *args)
     except BaseException:  # noqa: BLE001 - handed to the parent with its traceback

@@ -11,10 +11,15 @@ Two steps, both for test processes only (the package ``nemo_mft`` never imports 
        package satisfies the two unconditional imports in Bridge (``megatron.bridge.peft.lora`` and
        ``megatron.bridge.peft.lora_layers`` do ``import transformer_engine.pytorch as te``). Its classes refuse to
        be built; its ``__version__`` is ``"0.0.0"``, so ``megatron.core.utils.is_te_min_version`` answers False.
-    3. Imports ``megatron.bridge`` and checks that Bridge's PEFT sees no TE: ``megatron.bridge.peft.utils.HAVE_TE``
-       and ``megatron.bridge.peft.module_matcher.HAVE_TE`` are computed from megatron-core's TE extension classes,
-       which do not exist here, so both are already False; they are asserted (and set) to False so that LoRA wraps
-       megatron-core's plain ``ColumnParallelLinear`` / ``RowParallelLinear``.
+    3. Imports ``megatron.bridge`` and sets ``megatron.bridge.peft.utils.HAVE_TE`` and
+       ``megatron.bridge.peft.module_matcher.HAVE_TE`` to False. Both come out True: they only test that
+       megatron-core's ``TELinear`` & co. can be imported, and megatron-core defines those classes over a
+       ``MagicMock`` when TE is absent. False makes Bridge's LoRA wrap megatron-core's plain ``ColumnParallelLinear``
+       / ``RowParallelLinear``. megatron-core's own flags (``megatron.core.extensions.transformer_engine.HAVE_TE``,
+       ``megatron.core.models.gpt.gpt_layer_specs.HAVE_TE``) are asserted False.
+    A process started by multiprocessing's "spawn" inherits its parent's ``sys.path``, stand-in folder included:
+    ``install_stand_ins`` takes it off the path until megatron-core has probed, and `bridge_harness.run_ranks`
+    unpickles the rank body only after ``install_stand_ins`` (unpickling imports the body's module).
 
 ``bridge_on_cpu()`` (a context manager around ``finetune()`` / ``pretrain()`` in each rank)
     Enters ``nemo_mft.megatron.cpu_compat.megatron_on_cpu()`` (CUDA device arguments -> CPU, CUDA RNG -> CPU
@@ -24,13 +29,21 @@ Two steps, both for test processes only (the package ``nemo_mft`` never imports 
     - ``megatron.bridge.training.setup.initialize_megatron`` gets ``allow_no_cuda=True``: it asserts
       ``torch.cuda.is_available()`` otherwise.
     - ``megatron.bridge.training.initialize._set_random_seed`` also seeds megatron's model-parallel RNG tracker
-      (``tensor_parallel.model_parallel_cuda_manual_seed``): Bridge skips that when ``torch.cuda.device_count() ==
-      0``, and megatron-core's layers cannot initialise their weights without the tracker's streams.
+      (``tensor_parallel.model_parallel_cuda_manual_seed``, on the CPU generator): Bridge skips that when
+      ``torch.cuda.device_count() == 0``, and then building the model fails ("cuda rng state model-parallel-rng is
+      not added": megatron-core initialises weights and runs dropout inside the tracker's ``fork()``); Bridge's
+      checkpoints also save and restore the tracker's states.
     - ``megatron.bridge.training.initialize._warmup_jit_function`` -> no-op: it warms CUDA fusion kernels (there are
       none on CPU) and would draw numbers from the CPU generator, shifting the weights' random streams.
     - ``megatron.bridge.training.initialize.compile_helpers`` -> no-op: ``initialize_megatron`` always runs ``make``
       on megatron-core's C++ dataset index helpers (needs pybind11 headers and a compiler; ``sys.exit(1)`` when that
       fails); only megatron's indexed (blended GPT) datasets use them, not the harness's fixed dataset.
+    - ``megatron.bridge.models.conversion.param_mapping.MegatronParamMapping.scatter_to_tp_ranks`` gets contiguous
+      splits: AutoBridge's HF import splits row-parallel weights (``linear_proj``, ``linear_fc2``) with
+      ``torch.chunk(w, tp, dim=1)`` and moves each split to the parameter's device before a ``scatter``. On a GPU
+      that ``.to("cuda")`` is a contiguous copy; on the CPU ``.to("cpu")`` returns the strided view itself, and
+      gloo's ``scatter`` sends the view's underlying memory, so TP rank 1 received wrong columns (found by
+      tests/bridge/test_autobridge_import.py: logits off by 1.7 at TP=2 without this, 3e-7 with it).
     - ``torch.cuda.Stream`` / ``current_stream`` / ``stream`` -> a do-nothing stream: ``_ddp_wrap`` in
       ``megatron.bridge.models.model_provider`` builds DDP on a side stream unconditionally.
     - ``torch.cuda.memory_stats`` / ``max_memory_allocated`` / ``memory_allocated`` -> zeros (Bridge's memory
@@ -150,6 +163,7 @@ def _bridge_patches() -> list[tuple[Any, str, Any]]:
     """(owner, attribute, replacement) for the Bridge items of the module docstring."""
     import megatron.bridge.training.initialize as bridge_init
     import megatron.bridge.training.setup as bridge_setup
+    from megatron.bridge.models.conversion.param_mapping import MegatronParamMapping
     from megatron.core import tensor_parallel
 
     original_set_random_seed = bridge_init._set_random_seed
@@ -166,7 +180,16 @@ def _bridge_patches() -> list[tuple[Any, str, Any]]:
             etp_rank=pg_collection.expt_tp.rank(),
         )
 
+    original_scatter = MegatronParamMapping.scatter_to_tp_ranks
+
+    @functools.wraps(original_scatter)
+    def scatter_contiguous(self, splits, *args, **kwargs):
+        if splits:
+            splits = [split.contiguous() for split in splits]
+        return original_scatter(self, splits, *args, **kwargs)
+
     return [
+        (MegatronParamMapping, "scatter_to_tp_ranks", scatter_contiguous),
         (bridge_setup, "initialize_megatron", functools.partial(bridge_setup.initialize_megatron, allow_no_cuda=True)),
         (bridge_init, "_set_random_seed", set_random_seed_and_tracker),
         (bridge_init, "_warmup_jit_function", lambda model_config, micro_batch_size: None),

@@ -94,3 +94,57 @@ def test_lora_teacher_is_the_base_with_adapters_off(result):
     assert section["step0_student_eq_teacher"], "LoRA's B starts at zero: the student is the base at step 0"
     assert section["last_student_minus_teacher"] > 1e-3, "the adapters did not change the student"
     assert max(section["teacher_vs_base"]) <= 1e-6 * section["logit_scale"], section["teacher_vs_base"]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("pp_mft", ["pipeline_model_parallel_size=2", "adjust_tensor_shapes_fn"]),
+    ("vpp", ["virtual pipeline"]),
+    ("cp", ["context_parallel_size=2"]),
+    ("l2", ["l2_init_weight=0.1", "not supported"]),
+    ("dora", ["DoRA", "LoRA"]),
+    ("fsdp", ["FSDP"]),
+    ("not_mft_section", ["MFTSection", "Objective"]),
+    ("not_gpt_provider", ["GPTModelProvider", "TransformerConfig"]),
+    ("step_before_apply", ["apply_mft(config, mft)"]),
+    ("twice", ["already applied"]),
+    ("other_objective", ["'kd'", "mft tau=0.25"]),
+])
+def test_refused_configurations_say_why(result, case, words):
+    message = result["errors"][case]
+    assert message, f"{case}: no error raised"
+    for word in words:
+        assert word in message, (case, message)
+
+
+def test_apply_mft_switches_the_objective(result):
+    errors = result["errors"]
+    assert errors["pp_ft"] == "", "ft (no teacher) must work with pipeline parallelism"
+    # calculate_per_token_loss and average_in_collective were set to False / True before apply_mft
+    assert errors["normalization"][1:] == (True, False)
+    assert errors["teacher_hooks"] == 1
+    assert errors["hooks_lora_ft"] == (0, 0), "LoRA (adapters-off teacher) and ft get no frozen copy"
+    assert errors["step_type"] == "BridgeMFTForwardStep"
+    assert errors["teacher_follows_dtype"] == ("torch.float32", "torch.float64", "torch.float32")
+
+
+def test_bridge_evaluation_runs_the_student_alone(result):
+    section = result["eval"]
+    assert section["train_iterations"] == [0, 1]
+    evaluations = section["evaluations"]
+    assert len(evaluations) >= 2, "Bridge ran no evaluation"
+    for case in evaluations:
+        assert not case["teacher_ran"] and case["keys"] == ["loss", "student_ce"]
+        assert case["loss"] == case["student_ce"]
+        (total, count), (ref_total, ref_count) = case["loss"], case["reference"]
+        assert count == ref_count > 0 and math.isclose(total, ref_total, rel_tol=REL), case
+
+
+def test_bf16_wrapper_casts_the_teacher_with_the_student(result):
+    section = result["bf16"]
+    assert (section["wrapper"], section["chunk"]) == ("Float16Module", "MFTModel")
+    assert section["student_dtype"] == section["teacher_dtype"] == "torch.bfloat16"
+    assert section["teacher_vs_pretrained_bf16"]
+    # the forward step keeps the wrapper from copying the logits to fp32 (the loss computes in fp32 itself)
+    assert section["logits_dtypes"] == ("torch.bfloat16", "torch.bfloat16")
+    assert section["student_eq_teacher_logits"], "same bf16 weights, same input: the logits must be equal"
+    assert math.isfinite(section["loss"]) and section["loss"] > 0.0
