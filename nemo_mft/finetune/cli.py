@@ -1,4 +1,5 @@
-"""Command line: ``nemo-mft finetune`` / ``python -m nemo_mft.finetune``, ``nemo-mft import`` (a Hugging Face
+"""Command line: ``nemo-mft finetune`` / ``python -m nemo_mft.finetune``, ``nemo-mft bridge`` (a Megatron-Bridge
+recipe with the MFT objective, `nemo_mft.finetune.bridge_command`), ``nemo-mft import`` (a Hugging Face
 model -> a weights-only checkpoint, `nemo_mft.finetune.import_command`) and ``nemo-mft export`` (a checkpoint ->
 a Hugging Face model directory, `nemo_mft.finetune.export_command`).
 
@@ -297,6 +298,8 @@ USAGE = f"""usage: {PROG} <command> [args]
 commands:
   finetune   run a finetuning recipe (Hydra): {PROG} finetune --config-name NAME [key=value ...]
              see `{PROG} finetune --help`
+  bridge     train a Megatron-Bridge recipe with Bridge's finetune() and the MFT objective:
+             {PROG} bridge --recipe MODULE:FUNCTION [--config-file YAML] [key=value ...]; see `{PROG} bridge --help`
   import     convert a Hugging Face model directory into a weights-only checkpoint (any TP/PP layout loads it):
              {PROG} import HF_DIR OUT [--dtype bf16|fp16|fp32]; see `{PROG} import --help`
   export     write a checkpoint as a Hugging Face model directory (for NIM / vLLM / transformers):
@@ -319,6 +322,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from nemo_mft.finetune.export_command import export_main
 
         sys.exit(export_main(rest))
+    elif command == "bridge":
+        quiet_import_warnings()
+        from nemo_mft.finetune.bridge_command import bridge_main
+
+        sys.exit(bridge_main(rest))
     elif command == "import":
         quiet_import_warnings()
         from nemo_mft.finetune.import_command import import_main

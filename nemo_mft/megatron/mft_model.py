@@ -19,12 +19,13 @@ no_grad, it is exactly the base model and costs no second copy of the weights; c
 the adapters.
 
 A separate teacher is held outside nn.Module registration: it is not in ``parameters()``, ``buffers()``,
-``state_dict()``, ``sharded_state_dict()``, never follows ``.train()`` (it stays in eval mode: no dropout),
-never sees a gradient (requires_grad=False, run under ``torch.no_grad``), and so DDP, the optimizer and
-checkpoints never see it. The student is registered as ``module`` (megatron's wrapper convention, so that
-``get_attr_wrapped_model`` finds GPTModel attributes such as ``decoder`` and ``pre_process`` through it);
-``state_dict`` / ``sharded_state_dict`` / ``load_state_dict`` are the student's, WITHOUT a prefix, so a
-checkpoint of an MFT run is a plain GPTModel checkpoint.
+``state_dict()``, ``sharded_state_dict()``, never follows ``.train()`` (it stays in eval mode: no dropout;
+it does follow device and dtype moves such as ``.cuda()`` and ``.bfloat16()``), never sees a gradient
+(requires_grad=False, run under ``torch.no_grad``), and so DDP, the optimizer and checkpoints never see it.
+The student is registered as ``module`` (megatron's wrapper convention, so that ``get_attr_wrapped_model``
+finds GPTModel attributes such as ``decoder`` and ``pre_process`` through it); ``state_dict`` /
+``sharded_state_dict`` / ``load_state_dict`` are the student's, WITHOUT a prefix, so a checkpoint of an MFT
+run is a plain GPTModel checkpoint.
 """
 
 from __future__ import annotations
@@ -175,6 +176,15 @@ class MFTModel(MegatronModule):
         if teacher_out is None:
             return student_out
         return torch.cat([student_out, teacher_out], dim=-1)
+
+    # --- device and dtype moves: the teacher follows the student ------------------------------------------
+    def _apply(self, fn, *args, **kwargs):
+        """``.cuda()``, ``.to()``, ``.bfloat16()``... move the unregistered teacher too (a wrapper such as
+        megatron's ``Float16Module`` or Megatron-Bridge's ``get_model`` moves the chunk after it is built)."""
+        super()._apply(fn, *args, **kwargs)
+        if self._teacher is not None:
+            self._teacher.module._apply(fn, *args, **kwargs)
+        return self
 
     # --- checkpoints: what trains: the student's keys, or only the adapters' --------------------------
     def _trained(self) -> torch.nn.Module:
