@@ -7,7 +7,7 @@
 # Hydra overrides to `docker run ... nemo-mft`. The Megatron-Bridge path replaces the entry point:
 #   docker run --gpus all --ipc=host -v /data:/data --entrypoint torchrun nemo-mft \
 #       --standalone --nproc_per_node=gpu --no-python nemo-mft bridge \
-#       --recipe megatron.bridge.recipes.llama:llama32_1b_sft_config --config-file conf/bridge/mft_llama32_1b.yaml
+#       --recipe megatron.bridge.recipes.llama:llama32_1b_sft_config --config-file conf/bridge/llama32_1b_mft.yaml
 # Multi-node (Slurm, torchrun rendezvous): examples/multinode_launch/.
 ARG BASE_IMAGE=nvcr.io/nvidia/nemo:25.09
 FROM ${BASE_IMAGE}

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.optimizer import OptimizerConfig
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from nemo_mft.config.schema import SCRATCH_ARCHITECTURE, FinetuneConfig, ModelSection, OptimizerSection
-from nemo_mft.megatron.model import GPTOptions, local_spec_settings, padded_vocab_size
+from nemo_mft.megatron.model import GPTOptions, gpt_layer_spec, padded_vocab_size, transformer_config_settings
 
 __all__ = ["PARAMS_DTYPES", "transformer_config", "layer_spec", "embedding_rows", "gpt_options", "optimizer_config",
            "adapt"]
@@ -33,7 +32,7 @@ def _complete(model: ModelSection) -> ModelSection:
 
 def transformer_config(model: ModelSection) -> TransformerConfig:
     """megatron TransformerConfig for ``model`` (complete: every architecture key set), with the settings of
-    `nemo_mft.megatron.local_spec_settings` (per-token loss normalization, no fused kernels needing TE/apex)."""
+    `nemo_mft.megatron.transformer_config_settings` (per-token loss normalization, no fused kernels needing TE/apex)."""
     model = _complete(model)
     dtype = PARAMS_DTYPES[model.params_dtype]
     gated = model.activation == "swiglu"
@@ -63,14 +62,16 @@ def transformer_config(model: ModelSection) -> TransformerConfig:
         context_parallel_size=model.context_parallel_size,
         sequence_parallel=model.sequence_parallel,
         perform_initialization=True,
-        **local_spec_settings(),
+        **transformer_config_settings(),
     )
 
 
 def layer_spec(model: ModelSection) -> ModuleSpec:
-    """megatron-core's local (no TransformerEngine) GPT layer spec for ``model``."""
+    """megatron-core's GPT layer spec for ``model``: TransformerEngine's or the local one (``model.transformer_impl``,
+    `nemo_mft.megatron.model.resolve_transformer_impl`)."""
     model = _complete(model)
-    return get_gpt_layer_local_spec(normalization=model.normalization, qk_layernorm=model.qk_layernorm)
+    return gpt_layer_spec(model.transformer_impl, normalization=model.normalization,
+                          qk_layernorm=model.qk_layernorm)
 
 
 def embedding_rows(model: ModelSection, tokenizer_vocab_size: int) -> int:

@@ -40,11 +40,14 @@ SCRATCH_ARCHITECTURE = {
 # Keys that may stay null in a complete model (null has a meaning: derived by megatron-core or the tokenizer).
 OPTIONAL_ARCHITECTURE = ("num_query_groups", "ffn_hidden_size", "kv_channels", "rope_scaling_factor", "vocab_size")
 ARCHITECTURE_KEYS = tuple(SCRATCH_ARCHITECTURE) + OPTIONAL_ARCHITECTURE
+# model.transformer_impl: the values `nemo_mft.megatron.resolve_transformer_impl` takes (kept here so the
+# schema imports no megatron-core; a test checks the two agree).
+TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
 
 
 @dataclass
 class ModelSection:
-    """A megatron-core GPT (local transformer spec) and its parallel layout.
+    """A megatron-core GPT (TransformerEngine or local layer spec) and its parallel layout.
 
     The architecture keys (`ARCHITECTURE_KEYS`) default to null: with a Hugging Face base model
     (``checkpoint.pretrained_checkpoint``) they are read from its config.json, and a value set here that
@@ -80,6 +83,9 @@ class ModelSection:
     virtual_pipeline_model_parallel_size: Optional[int] = None
     context_parallel_size: int = 1
     sequence_parallel: bool = False
+    # Layer modules (TRANSFORMER_IMPLS): auto = TransformerEngine's where TE and a GPU are present (the NGC
+    # containers), else megatron-core's local ones; checkpoints load under either.
+    transformer_impl: str = "auto"
 
     def __post_init__(self) -> None:
         """Checks every value that is set; relations between architecture keys once all are set."""
@@ -112,7 +118,8 @@ class ModelSection:
                  "stage beside the student); leave it null")
         _require(self.context_parallel_size == 1, "model.context_parallel_size > 1 is not supported yet")
         for name, allowed in (("normalization", ("LayerNorm", "RMSNorm")), ("activation", ("gelu", "swiglu")),
-                              ("position_embedding_type", ("rope", "learned_absolute"))):
+                              ("position_embedding_type", ("rope", "learned_absolute")),
+                              ("transformer_impl", TRANSFORMER_IMPLS)):
             value = getattr(self, name)
             _require(value is None or value in allowed,
                      f"model.{name} must be {' or '.join(allowed)}, got {value!r}")

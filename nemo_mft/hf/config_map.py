@@ -26,7 +26,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from nemo_mft.hf.families import Family, family_for
-from nemo_mft.megatron.model import GPTOptions, local_spec_settings, padded_vocab_size
+from nemo_mft.megatron.model import GPTOptions, transformer_config_settings, padded_vocab_size
 
 __all__ = ["HFModel", "read_config", "describe", "transformer_config", "layer_spec", "gpt_options",
            "MEGATRON_LLAMA3_ROPE"]
@@ -219,12 +219,13 @@ def transformer_config(model: HFModel, *, tp_size: int = 1, pp_size: int = 1,
         tensor_model_parallel_size=tp_size,
         pipeline_model_parallel_size=pp_size,
         perform_initialization=False,  # every weight is loaded from the checkpoint
-        **local_spec_settings(),
+        **transformer_config_settings(),
     )
 
 
 def layer_spec(model: HFModel) -> ModuleSpec:
-    """megatron-core's local GPT layer spec (RMSNorm, q/k RMSNorm where the family has it)."""
+    """megatron-core's local GPT layer spec (RMSNorm, q/k RMSNorm where the family has it): what conversions
+    (`nemo-mft import` / `export`) build; a training run picks its spec with ``model.transformer_impl``."""
     return get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=model.qk_norm)
 
 

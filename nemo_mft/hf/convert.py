@@ -12,6 +12,7 @@ checkpoint's vocabulary, Vp = megatron's padded vocabulary, T = tensor-parallel 
     embed_tokens / lm_head [V, h] -> word_embeddings / output_layer [Vp, h], rank t holds rows
         [t*Vp/T, (t+1)*Vp/T); rows >= V are padding, set to zero (the loss never predicts them).
     input_layernorm, post_attention_layernorm, q_norm, k_norm, norm -> replicated on every TP rank.
+        (TransformerEngine's spec holds the first two as linear_qkv / linear_fc1 ``layer_norm_weight``.)
 
 A pipeline stage holds the layers ``layer.layer_number - 1`` (megatron's global 1-based numbering), so
 local layer j of stage s reads the HF layer of its global index. No rotary permutation is needed: megatron
@@ -31,6 +32,10 @@ from nemo_mft.hf.config_map import HFModel
 __all__ = ["load_hf_into", "load_hf_tensors_into", "megatron_to_hf", "split_qkv", "split_fc1"]
 
 _LAYER_NAME = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
+# TransformerEngine's spec fuses the pre-attention / pre-MLP norms into the next linear layer.
+_TE_NAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+             "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+_LOCAL_NAMES = {te: local for local, te in _TE_NAMES.items()}
 _REPLICATED = {
     "input_layernorm.weight": "input_norm",
     "pre_mlp_layernorm.weight": "post_norm",
@@ -91,6 +96,7 @@ class _RankReader:
 
     def layer_param(self, sub: str, layer: int) -> torch.Tensor:
         m = self.model
+        sub = _LOCAL_NAMES.get(sub, sub)
         if sub in _REPLICATED:
             return self.reader.read(self._hf(_REPLICATED[sub], layer))
         if sub == "self_attention.linear_qkv.weight":
@@ -156,9 +162,6 @@ def load_hf_into(gpt: torch.nn.Module, hf_dir: str, model: HFModel, groups, *,
         return dict(reader.bytes_read)
 
 
-# TransformerEngine's spec fuses the pre-attention / pre-MLP norms into the next linear layer.
-_TE_NAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
-             "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
 
 
 def _take(state: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:

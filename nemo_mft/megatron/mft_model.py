@@ -219,7 +219,7 @@ class MFTModel(MegatronModule):
         if source.keys() != target.keys():
             raise ValueError("teacher/student layout mismatch: different state_dict keys")
         for key, value in source.items():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and not key.endswith("_extra_state"):  # TE's FP8 metadata
                 if target[key].shape != value.shape:
                     raise ValueError(f"teacher/student layout mismatch at {key}: "
                                      f"{tuple(target[key].shape)} vs {tuple(value.shape)}")

@@ -1,8 +1,10 @@
 """Build the MFT model chunks of this pipeline stage from plain megatron-core objects.
 
-Inputs are what megatron-core itself takes: a ``TransformerConfig``, a transformer layer spec (the local
-spec, ``get_gpt_layer_local_spec``, needs neither TransformerEngine nor apex; a TE spec works where TE is
-installed), the GPTModel arguments in `GPTOptions`, and the process groups (``ProcessGroupCollection``).
+Inputs are what megatron-core itself takes: a ``TransformerConfig``, a transformer layer spec
+(`gpt_layer_spec`: TransformerEngine's where TE and a GPU are present, else the local spec, which needs
+neither TE nor apex), the GPTModel arguments in `GPTOptions`, and the process groups
+(``ProcessGroupCollection``). Both specs write the same distributed-checkpoint keys (the local spec maps its
+norms to TE's fused names), so a checkpoint saved under one loads under the other.
 The teacher (``with_teacher``) is a second GPTModel with the same config, spec and stage, whose weights
 are copied from the freshly built student, so both start bit-identical; `sync_teacher_from_student`
 copies again after a pretrained checkpoint was loaded into the student.
@@ -16,6 +18,7 @@ from typing import Callable, Optional
 
 import torch
 from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt import gpt_layer_specs
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -23,7 +26,7 @@ from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
 from nemo_mft.megatron.mft_model import MFTModel
 
-__all__ = ["GPTOptions", "local_spec_settings", "padded_vocab_size", "check_supported_layout", "build_model",
+__all__ = ["GPTOptions", "TRANSFORMER_IMPLS", "resolve_transformer_impl", "gpt_layer_spec", "transformer_config_settings", "padded_vocab_size", "check_supported_layout", "build_model",
            "sync_teacher_from_student", "unwrap"]
 
 POSITION_EMBEDDINGS = ("rope", "learned_absolute")
@@ -64,12 +67,44 @@ class GPTOptions:
             raise ValueError(f"rope_scaling_factor must be None or > 0, got {self.rope_scaling_factor!r}")
 
 
-def local_spec_settings() -> dict:
-    """``TransformerConfig`` fields this layer expects with megatron-core's local layer spec.
+TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
+
+
+def resolve_transformer_impl(requested: str) -> str:
+    """The layer implementation ``requested`` stands for on this machine: "local" or "transformer_engine".
+
+    "auto" is TransformerEngine where it is installed (megatron-core's own probe) and a CUDA GPU is
+    present, else megatron-core's local modules; "transformer_engine" without either is a ValueError.
+    """
+    if requested not in TRANSFORMER_IMPLS:
+        raise ValueError(f"transformer_impl must be one of {TRANSFORMER_IMPLS}, got {requested!r}")
+    have_te, have_gpu = gpt_layer_specs.HAVE_TE, torch.cuda.is_available()
+    if requested == "auto":
+        return "transformer_engine" if have_te and have_gpu else "local"
+    if requested == "transformer_engine" and not (have_te and have_gpu):
+        missing = "TransformerEngine is not installed" if not have_te else "no CUDA GPU is visible"
+        raise ValueError(f"transformer_impl=transformer_engine, but {missing}; use transformer_impl=auto or "
+                         "local (megatron-core's local modules)")
+    return requested
+
+
+def gpt_layer_spec(transformer_impl: str, *, normalization: str, qk_layernorm: bool) -> ModuleSpec:
+    """megatron-core's GPT layer spec for `resolve_transformer_impl` of ``transformer_impl``.
+
+    ``normalization`` ("LayerNorm" or "RMSNorm") selects the local spec's norm modules; TE's modules read it
+    from the ``TransformerConfig``. ``qk_layernorm``: a norm on queries and keys (Qwen3).
+    """
+    if resolve_transformer_impl(transformer_impl) == "transformer_engine":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization=normalization, qk_layernorm=qk_layernorm)
+
+
+def transformer_config_settings() -> dict:
+    """``TransformerConfig`` fields this layer expects, with either layer spec.
 
     Per-token loss normalization (the loss function returns (sum, token count) and finalize_model_grads
-    divides by the global count), CPU initialization on a machine without CUDA, and no fused kernels (they
-    need TransformerEngine, apex or torch.compile, which the local spec does not assume).
+    divides by the global count), CPU initialization on a machine without CUDA, and none of megatron-core's
+    optional fusions (they need apex or torch.compile; TE's modules bring their own fused kernels).
     """
     return dict(calculate_per_token_loss=True, use_cpu_initialization=not torch.cuda.is_available(),
                 bias_activation_fusion=False, masked_softmax_fusion=False, bias_dropout_fusion=False,

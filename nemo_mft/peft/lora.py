@@ -17,6 +17,10 @@ parallelism (the inputs of column-parallel layers and the outputs of row-paralle
         A [r, in/T] split like the layer's input columns, B [out, r] replicated.
         y = all-reduce over TP of x_t A_t^T (`reduce_from_tensor_model_parallel_region`), delta = y B^T.
 
+TransformerEngine's spec fuses the pre-attention / pre-MLP norm into linear_qkv / linear_fc1 (LayerNorm +
+Linear in one module), so the hooked input is the layer's un-normalized input there; the adapter applies
+the layer's own norm first (`fused_input_norm`), and sees what the local spec's separate norm gives it.
+
 So every replicated adapter tensor gets the same gradient on all TP ranks, and the split ones carry
 megatron's ``tensor_model_parallel`` attributes (counted once per shard in the gradient norm). The initial
 A is drawn from a generator seeded by (seed, the adapter's global name), for the full [r, in] matrix, then
@@ -30,7 +34,7 @@ import contextlib
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +45,7 @@ from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_paralle
 from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 
 __all__ = ["LORA_TARGETS", "TARGET_PATHS", "LoRAConfig", "Adapter", "LoRAAdapter", "AdapterSet", "attach_lora",
-           "lora_factory"]
+           "fused_input_norm", "lora_factory"]
 
 # Megatron-Bridge's target names: the four linear layers of a transformer layer (local and TE specs), and each
 # one's module path inside a layer (an adapter's key is ``decoder.layers.<global layer>.<path>``).
@@ -89,6 +93,30 @@ def _parallel_mode(module: torch.nn.Module) -> str:
     raise TypeError(f"{type(module).__name__} is not a tensor-parallel linear layer LoRA can adapt")
 
 
+def fused_input_norm(base: torch.nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The norm a TransformerEngine LayerNorm+Linear layer applies to its input before its matmul, as a
+    function of that input [..., in] (computed in fp32, returned in the input's dtype); None for a layer
+    without a fused norm (megatron-core's local linear layers, TE's plain Linear)."""
+    if getattr(base, "layer_norm_weight", None) is None:
+        return None
+    kind = base.normalization
+    if kind not in ("RMSNorm", "LayerNorm"):
+        raise ValueError(f"LoRA on a fused {kind} layer is not supported (RMSNorm and LayerNorm are)")
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        weight = base.layer_norm_weight.float()
+        if base.zero_centered_gamma:
+            weight = weight + 1.0
+        shape = (x.shape[-1],)
+        if kind == "RMSNorm":
+            out = F.rms_norm(x.float(), shape, weight, base.eps)
+        else:
+            out = F.layer_norm(x.float(), shape, weight, base.layer_norm_bias.float(), base.eps)
+        return out.to(x.dtype)
+
+    return norm
+
+
 def _seeded_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
 
@@ -111,7 +139,8 @@ class LoRAAdapter(Adapter):
     """LoRA on one column- or row-parallel layer (see the module docstring for the TP layout).
 
     Parameters: ``lora_a`` [r, in or in/T], ``lora_b`` [out/T or out, r], in ``dtype``. ``name``: the global
-    name that seeds A's initialization.
+    name that seeds A's initialization. Sizes come from the base weight [out or out/T, in/T or in], so local
+    and TransformerEngine layers are adapted alike.
     """
 
     def __init__(self, base: torch.nn.Module, config: LoRAConfig, *, name: str, seed: int, tp_group, dp_cp_group,
@@ -121,15 +150,14 @@ class LoRAAdapter(Adapter):
         self.tp_group, self.dp_cp_group = tp_group, dp_cp_group
         self.scale, r = config.scale, config.dim
         self.dropout = torch.nn.Dropout(config.dropout) if config.dropout > 0 else torch.nn.Identity()
+        self.input_norm = fused_input_norm(base)
         tp_rank = tp_group.rank()
+        out, local_in = base.weight.shape
         if self.mode == "column":
-            full_in, out = base.input_size, base.output_size_per_partition
-            a_cols = (0, full_in)
+            full_in, a_cols = local_in, (0, local_in)
             self.tp_axes = {"lora_b": 0}
         else:
-            full_in, out = base.input_size, base.output_size
-            part = base.input_size_per_partition
-            a_cols = (tp_rank * part, (tp_rank + 1) * part)
+            full_in, a_cols = local_in * tp_group.size(), (tp_rank * local_in, (tp_rank + 1) * local_in)
             self.tp_axes = {"lora_a": 1}
         full_a = torch.empty(r, full_in)
         torch.nn.init.kaiming_uniform_(full_a, a=math.sqrt(5), generator=_seeded_generator(seed, name))  # as PEFT
@@ -140,6 +168,8 @@ class LoRAAdapter(Adapter):
         set_tensor_model_parallel_attributes(getattr(self, split), True, self.tp_axes[split], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         y = F.linear(self.dropout(x), self.lora_a)
         if self.mode == "column":
             y = copy_to_tensor_model_parallel_region(y, group=self.tp_group)

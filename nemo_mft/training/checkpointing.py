@@ -28,6 +28,11 @@ the TP size, so a weights-only load into another layout meets it) when the token
 given and both paddings hold all its tokens. Every user-facing problem is a :class:`CheckpointError` (a
 ValueError) with one message, raised on every rank.
 
+Either layer spec loads a checkpoint of the other (megatron-core's local spec stores its norms under
+TransformerEngine's fused names). TE's ``_extra_state`` entries (FP8 scaling metadata, unused without
+FP8) are saved but never loaded: a checkpoint of the local spec has none, and a loaded model starts them
+afresh (`_without_extra_state`).
+
 A path given to :func:`resolve_checkpoint` (``checkpoint.load`` / ``checkpoint.pretrained_checkpoint``)
 may be a save directory (its tracker names the iteration) or one iteration directory.
 """
@@ -633,11 +638,28 @@ def _load_weights(path: str, chunks, *, adapters: bool, vocab_size: Optional[int
     if adapters and model.adapters is None:
         raise ValueError("load_adapter_weights needs a model with adapters (build_model(..., adapt=...))")
     # The base weights (never adapters), or the adapters alone (what a run with adapters saves as its model).
-    request = {"model": model.sharded_state_dict() if adapters else model.base_sharded_state_dict()}
+    request = {"model": _without_extra_state(model.sharded_state_dict() if adapters
+                                             else model.base_sharded_state_dict())}
     check_structure(ckpt, request, weights_only=True, vocab_size=vocab_size)
     loaded = _read_on_every_rank(ckpt, dist_checkpointing.load, request, ckpt)
-    (model if adapters else model.student).load_state_dict(loaded["model"])
+    _load_model_state(model if adapters else model.student, loaded["model"], ckpt)
     return ckpt
+
+
+_EXTRA_STATE = "_extra_state"
+
+
+def _without_extra_state(model_sharded_state: dict) -> dict:
+    """``model_sharded_state`` without TransformerEngine's ``_extra_state`` entries (module docstring)."""
+    return {key: value for key, value in model_sharded_state.items() if not key.endswith(_EXTRA_STATE)}
+
+
+def _load_model_state(module: torch.nn.Module, state: dict, path: str) -> None:
+    """``module.load_state_dict(state)``, where only ``_extra_state`` entries may be missing."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    wrong = [k for k in missing if not k.endswith(_EXTRA_STATE)] + list(unexpected)
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {wrong[:5]} (missing or unexpected)")
 
 
 def load_checkpoint(path: str, chunks, optimizer, scheduler, layout, *, vocab_size: Optional[int] = None,
@@ -656,12 +678,13 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, layout, *, vocab_si
     common = _read_on_every_rank(path, dist_checkpointing.load_common_state_dict, path)
     same_layout = list(common.get("layout", [])) == _layout_key(layout)
     model_sd = _model_state(chunks)
-    request = {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True)}
+    request = {"model": _without_extra_state(model_sd),
+               "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True)}
     check_structure(path, request, weights_only=False, vocab_size=vocab_size)
     if same_layout:
         request["rng_state"] = _rng_object(layout, _rng_state())
     loaded = _read_on_every_rank(path, dist_checkpointing.load, request, path)
-    unwrap(chunks[0]).load_state_dict(loaded["model"])
+    _load_model_state(unwrap(chunks[0]), loaded["model"], path)
     optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     if same_layout:

@@ -27,7 +27,7 @@ Pieces:
 - `tiny_gpt_provider(...)`: a Bridge ``GPTModelProvider`` (Llama-like: RMSNorm, SwiGLU, RoPE, GQA, no biases,
   untied output layer), megatron-core's local layer spec (``megatron.bridge.models.gpt_provider.local_layer_spec``),
   fp32, no dropout, every fusion off, and the ``TransformerConfig`` settings our own loop uses
-  (``nemo_mft.megatron.model.local_spec_settings()``: per-token loss, CPU initialisation, no fused kernels).
+  (``nemo_mft.megatron.model.transformer_config_settings()``: per-token loss, CPU initialisation, no fused kernels).
   Vocabulary: 128 model columns (explicit ``vocab_size``, so Bridge does not pad it), tokens drawn from
   ``[0, TOKENIZER_VOCAB)`` = ``[0, 100)``.
 - `FixedTokenDatasetProvider` (a Bridge ``DatasetProvider``): sample ``i`` is a pure function of ``(seed, i)``
@@ -179,7 +179,7 @@ def tiny_gpt_provider(*, tensor_parallel: int = 1, num_layers: int = 2, hidden_s
     import torch.nn.functional as F
     from megatron.bridge.models.gpt_provider import GPTModelProvider, local_layer_spec
 
-    from nemo_mft.megatron.model import local_spec_settings
+    from nemo_mft.megatron.model import transformer_config_settings
 
     fields = dict(
         num_layers=num_layers, hidden_size=hidden_size, ffn_hidden_size=ffn_hidden_size,
@@ -195,7 +195,7 @@ def tiny_gpt_provider(*, tensor_parallel: int = 1, num_layers: int = 2, hidden_s
         sequence_parallel=False, transformer_layer_spec=local_layer_spec,
         cross_entropy_loss_fusion=False,
     )
-    fields.update(local_spec_settings())
+    fields.update(transformer_config_settings())
     fields.update(overrides)
     return GPTModelProvider(**fields)
 

@@ -38,14 +38,14 @@ def _autobridge_model(hf_dir: str, tp: int):
     from megatron.bridge import AutoBridge
     from megatron.bridge.models.gpt_provider import local_layer_spec
 
-    from nemo_mft.megatron.model import local_spec_settings
+    from nemo_mft.megatron.model import transformer_config_settings
 
     provider = AutoBridge.from_hf_pretrained(hf_dir, dtype=torch.float32).to_megatron_provider(load_weights=True)
     provider.tensor_model_parallel_size = tp
     provider.transformer_layer_spec = local_layer_spec
     provider.params_dtype, provider.pipeline_dtype, provider.bf16, provider.fp16 = torch.float32, torch.float32, False, False
     provider.seq_length = SEQ
-    for name, value in local_spec_settings().items():
+    for name, value in transformer_config_settings().items():
         setattr(provider, name, value)
     provider.cross_entropy_loss_fusion = False
     provider.finalize()

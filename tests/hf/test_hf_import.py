@@ -71,3 +71,30 @@ def test_pp2_first_stage_reads_only_its_layers(hf_job):
 
 def test_teacher_is_synced_from_the_loaded_student(hf_job):
     assert hf_job["teacher_synced"] == {layout: True for layout in LAYOUTS}
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen2"])
+def test_transformer_engine_parameter_names_read_the_same_tensors(hf_job, hf_dirs, name):
+    """TE's spec holds the pre-attention / pre-MLP norms as linear_qkv / linear_fc1 ``layer_norm_weight`` (its
+    other parameters have the local names): each TE name of the TP=1 model reads what the local name loaded.
+    Checked against the state dict the local import produced (itself checked against transformers above)."""
+    from nemo_mft.hf import describe, read_config
+    from nemo_mft.hf.checkpoint_io import SafetensorsReader
+    from nemo_mft.hf.convert import _RankReader
+
+    te_names = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+                "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+    state = hf_job["states"][name]
+    model = describe(read_config(hf_dirs[name]), seq_length=16)
+    checked = 0
+    with SafetensorsReader(hf_dirs[name]) as reader:
+        rank_reader = _RankReader(reader, model, tp_rank=0, tp_size=1)
+        for key, tensor in state.items():
+            prefix, _, layer_sub = key.partition("decoder.layers.")
+            if prefix or key.endswith("_extra_state"):
+                continue
+            layer, _, sub = layer_sub.partition(".")
+            te_name = f"decoder.layers.{layer}.{te_names.get(sub, sub)}"
+            torch.testing.assert_close(rank_reader.param(te_name, [1, 2], tensor.shape[0]), tensor, rtol=0, atol=0)
+            checked += sub in te_names
+    assert checked == 2 * 2  # both fused norms of both layers

@@ -93,3 +93,62 @@ def test_attention_is_causal(megatron_job):
 
 def test_ft_model_cannot_run_a_teacher(megatron_job):
     assert "without a teacher" in (megatron_job["model"]["run_teacher_without_teacher"] or "")
+
+
+@pytest.mark.parametrize("requested, have_te, have_gpu, expected", [
+    ("auto", True, True, "transformer_engine"), ("auto", True, False, "local"), ("auto", False, True, "local"),
+    ("local", True, True, "local"), ("transformer_engine", True, True, "transformer_engine"),
+])
+def test_transformer_impl_resolution(monkeypatch, requested, have_te, have_gpu, expected):
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    from nemo_mft.megatron.model import resolve_transformer_impl
+
+    monkeypatch.setattr(gpt_layer_specs, "HAVE_TE", have_te)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: have_gpu)
+    assert resolve_transformer_impl(requested) == expected
+
+
+@pytest.mark.parametrize("requested, have_te, have_gpu, message", [
+    ("transformer_engine", False, True, "TransformerEngine is not installed"),
+    ("transformer_engine", True, False, "no CUDA GPU is visible"),
+    ("te", True, True, "must be one of"),
+])
+def test_transformer_impl_that_cannot_run_here_is_refused(monkeypatch, requested, have_te, have_gpu, message):
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    from nemo_mft.megatron.model import gpt_layer_spec
+
+    monkeypatch.setattr(gpt_layer_specs, "HAVE_TE", have_te)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: have_gpu)
+    with pytest.raises(ValueError, match=message):
+        gpt_layer_spec(requested, normalization="RMSNorm", qk_layernorm=False)
+
+
+def test_auto_on_this_machine_builds_megatron_cores_local_spec():
+    """Without TransformerEngine (CI) the recipe's default builds the local spec: the spec megatron-core's
+    get_gpt_layer_local_spec gives, with the recipe's norm and q/k norms."""
+    import torch
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    from nemo_mft.config import builders
+    from nemo_mft.config.schema import TRANSFORMER_IMPLS, ModelSection
+    from nemo_mft.megatron.model import TRANSFORMER_IMPLS as MEGATRON_IMPLS
+
+    assert TRANSFORMER_IMPLS == MEGATRON_IMPLS
+    if gpt_layer_specs.HAVE_TE and torch.cuda.is_available():
+        pytest.skip("TransformerEngine and a GPU are present: auto is the TE spec here")
+    section = ModelSection(normalization="RMSNorm", qk_layernorm=True).with_scratch_defaults()
+    assert section.transformer_impl == "auto"
+    spec = builders.layer_spec(section)
+    local = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=True)
+    assert spec.submodules.input_layernorm == local.submodules.input_layernorm
+    attention, local_attention = spec.submodules.self_attention.submodules, local.submodules.self_attention.submodules
+    assert attention.q_layernorm == local_attention.q_layernorm and attention.linear_qkv == local_attention.linear_qkv
+
+
+def test_recipe_refuses_an_unknown_transformer_impl():
+    from nemo_mft.config.schema import ModelSection
+
+    with pytest.raises(ValueError, match="model.transformer_impl must be auto or local or transformer_engine"):
+        ModelSection(transformer_impl="te")

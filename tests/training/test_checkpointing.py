@@ -4,6 +4,7 @@ resume, refusals, and a weights-only load of the TP=2 checkpoint into a TP=1 x D
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,34 @@ def test_only_a_real_padding_difference_is_accepted():
     problems, padding = _compare(expected, repadded, vocab_size=120)  # 112 stored rows cannot hold 120 tokens
     assert padding == {} and problems == ["embedding.word_embeddings.weight: expected [128, 32], found [112, 32]"]
     assert _compare(expected, repadded, vocab_size=None)[0] != []  # unknown vocabulary: refused
+
+
+class _WithExtraState(torch.nn.Module):
+    """Like a TransformerEngine module: a weight and an ``_extra_state`` entry (TE's FP8 metadata)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(3))
+
+    def get_extra_state(self):
+        return torch.empty(0)
+
+    def set_extra_state(self, state):
+        pass
+
+
+def test_loads_skip_transformer_engines_extra_state_and_nothing_else():
+    """A checkpoint of the local spec has no ``_extra_state``: loading it into a TE model must work, while a
+    missing weight or an unexpected key is still refused."""
+    from nemo_mft.training.checkpointing import CheckpointError, _load_model_state, _without_extra_state
+
+    module = torch.nn.Sequential(_WithExtraState())
+    assert "0._extra_state" in module.state_dict()
+    request = {"0.weight": "sharded weight", "0._extra_state": "sharded object"}
+    assert _without_extra_state(request) == {"0.weight": "sharded weight"}
+    _load_model_state(module, {"0.weight": torch.ones(3)}, "ckpt")
+    assert torch.equal(module[0].weight.detach(), torch.ones(3))
+    with pytest.raises(CheckpointError, match=r"checkpoint ckpt does not fit the model: \['0.weight'\]"):
+        _load_model_state(module, {}, "ckpt")
+    with pytest.raises(CheckpointError, match="0.bias"):
+        _load_model_state(module, {"0.weight": torch.ones(3), "0.bias": torch.ones(3)}, "ckpt")
