@@ -90,7 +90,7 @@ done
 mkdir -p "$RUN_DIR" 2>/dev/null || die "cannot create RUN_DIR=$RUN_DIR" 3
 RUN_DIR=$(cd "$RUN_DIR" && pwd)
 [[ -w $RUN_DIR ]] || die "RUN_DIR=$RUN_DIR is not writable" 3
-MARKERS=$RUN_DIR/.launch/$RDZV_ID
+MARKERS=$RUN_DIR/.launch/$RDZV_ID.${SLURM_RESTART_COUNT:-0}  # a requeued job keeps its id: count only this start's markers
 mkdir -p "$MARKERS"
 echo "$NODE_RANK" > "$MARKERS/$(hostname).$$"
 waited=0

@@ -3,7 +3,7 @@
 Optional: this package needs Megatron-Bridge 0.3.1 (``pip install --no-deps megatron-bridge==0.3.1`` with the
 pins of requirements/bridge.txt and requirements/bridge-nodeps.txt); no other module of nemo_mft imports it.
 
-    config = llama32_1b_finetune_config(...)           # any Bridge recipe's ConfigContainer
+    config = llama32_1b_sft_config(...)                # any Bridge recipe's ConfigContainer
     apply_mft(config, MFTSection(method="mft", tau=0.25))
     finetune(config, mft_forward_step(config, mft))
 
@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 
-_INSTALL_HINT = ("nemo_mft.bridge needs Megatron-Bridge: pip install --no-deps megatron-bridge==0.3.1, plus the "
-                 "pins of requirements/bridge.txt and requirements/bridge-nodeps.txt (its own virtualenv: it needs "
-                 "transformers < 5)")
+BRIDGE_MISSING = ("Megatron-Bridge is not installed: MFT through Bridge needs megatron-bridge==0.3.1 (pip install "
+                  "--no-deps megatron-bridge==0.3.1 with the pins of requirements/bridge.txt and "
+                  "requirements/bridge-nodeps.txt, in an environment with transformers < 5), or the NGC NeMo "
+                  "container (see the Dockerfile)")
+TE_MISSING = ("Megatron-Bridge 0.3.1 imports NVIDIA TransformerEngine when it is imported (its LoRA layers), and "
+              "TransformerEngine is not installed here: use the NGC NeMo container (see the Dockerfile) or another "
+              "environment with TransformerEngine. Missing: {module}")
 
 
 def _require_bridge() -> None:
@@ -28,7 +32,7 @@ def _require_bridge() -> None:
     except ModuleNotFoundError:  # no megatron namespace at all
         found = False
     if not found:
-        raise ImportError(_INSTALL_HINT)
+        raise ImportError(BRIDGE_MISSING)
 
 
 _require_bridge()
@@ -38,8 +42,6 @@ try:
 except ModuleNotFoundError as _err:
     if (_err.name or "").split(".")[0] != "transformer_engine":
         raise
-    raise ImportError("Megatron-Bridge 0.3.1 imports NVIDIA TransformerEngine when it is imported (its LoRA "
-                      "layers); install TransformerEngine (it comes with the NGC NeMo / PyTorch containers). "
-                      f"Missing: {_err.name}") from _err
+    raise ImportError(TE_MISSING.format(module=_err.name)) from _err
 
 __all__ = ["apply_mft", "mft_forward_step"]

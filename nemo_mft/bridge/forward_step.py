@@ -115,7 +115,7 @@ class BridgeMFTForwardStep:
             data_iterator, state.cfg, False, pg_collection=pg_collection)
         if cu_seqlens is not None:
             raise ValueError("packed sequences (cu_seqlens in the batch) are not supported by the MFT forward step; "
-                             "use dataset.packed_sequence_specs=None")
+                             "set dataset.packed_sequence_specs=null")
         evaluate = not model.training  # Bridge's evaluate() puts the chunks in eval mode
         step = self._loss_step(state, model, evaluate)
         output = self.run_models(model, step.runs_teacher, tokens, position_ids, attention_mask)

@@ -33,8 +33,18 @@ def load_pretrained_weights(modules: list, checkpoint_dir: str) -> str:
     """Copy the model weights of the checkpoint in ``checkpoint_dir`` into ``modules`` (GPTModel stages with the
     layout the checkpoint's ``model`` section is read into: same keys as a Bridge GPT model's checkpoint).
 
-    Strict: every weight of ``modules`` must be in the checkpoint. Returns the iteration directory read.
+    Strict: every weight of ``modules`` must be in the checkpoint (ValueError otherwise); only TransformerEngine's
+    ``_extra_state`` entries (FP8 metadata, which Bridge's reader drops) may be missing. Bridge's own strict load
+    would retry non-strictly after any mismatch and leave a missing weight uninitialized, with a log line only.
+    Returns the iteration directory read.
     """
     path = checkpoint_iteration_dir(checkpoint_dir)
-    _load_model_weights_from_checkpoint(path, list(modules), strict=True)
+    loaded = _load_model_weights_from_checkpoint(path, list(modules), return_state_dict=True)
+    for index, module in enumerate(modules):
+        state = loaded["model"] if len(modules) == 1 else loaded.get(f"model{index}", {})
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        wrong = [key for key in missing if not key.endswith("_extra_state")] + list(unexpected)
+        if wrong:
+            raise ValueError(f"the MFT teacher does not fit the checkpoint {path}: {wrong[:5]} (missing or "
+                             "unexpected); is checkpoint.pretrained_checkpoint a checkpoint of this model?")
     return path

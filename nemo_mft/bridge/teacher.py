@@ -91,6 +91,12 @@ class FrozenTeacherHook:
                 raise ValueError("the model already has an MFT teacher: apply_mft() was applied twice")
             chunks.append(MFTModel(student, self._build_teacher(student)))
         pretrained = getattr(self.checkpoint, "pretrained_checkpoint", None)
+        if pretrained is None and getattr(self.checkpoint, "load", None) is not None:
+            raise ValueError("MFT under Megatron-Bridge: checkpoint.load is set but checkpoint.pretrained_checkpoint is "
+                             "not. The teacher is the pretrained model, and Bridge loads checkpoint.load into the "
+                             "student only (a resume, or a base model with checkpoint.finetune=true), so the teacher "
+                             "would keep random weights; set checkpoint.pretrained_checkpoint to the base model "
+                             "(also when resuming)")
         if pretrained is not None:
             self.teacher_source = load_pretrained_weights([chunk.teacher for chunk in chunks], pretrained)
         else:

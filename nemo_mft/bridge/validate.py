@@ -62,6 +62,10 @@ def check_mft_config(config, mft: MFTSection) -> None:
     ckpt_format = getattr(checkpoint, "ckpt_format", "torch_dist")
     if ckpt_format == "fsdp_dtensor":
         _fail("checkpoint.ckpt_format='fsdp_dtensor' (FSDP) is not supported; use 'torch_dist'")
+    packing = getattr(getattr(config, "dataset", None), "packed_sequence_specs", None)
+    if packing is not None and (getattr(packing, "packed_sequence_size", -1) or -1) > 0:
+        _fail("packed sequences (dataset.packed_sequence_specs) are not supported: the MFT forward step runs the "
+              "student and teacher on padded micro-batches; set dataset.packed_sequence_specs=null")
     peft = getattr(config, "peft", None)
     if peft is not None and not isinstance(peft, LoRA):
         _fail(f"config.peft is {type(peft).__name__}; only megatron.bridge.peft.lora.LoRA is supported (its "

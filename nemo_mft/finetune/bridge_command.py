@@ -17,35 +17,20 @@ Needs Megatron-Bridge 0.3.1 and TransformerEngine (the NGC NeMo container; see t
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional, Sequence
 
 from nemo_mft.finetune.errors import UsageError, reported_errors
 
 __all__ = ["bridge_main", "require_bridge"]
 
-INSTALL_HINT = ("Megatron-Bridge is not installed: `nemo-mft bridge` needs megatron-bridge==0.3.1 (pip install "
-                "--no-deps megatron-bridge==0.3.1 with the pins of requirements/bridge.txt, in an environment with "
-                "transformers < 5), or the NGC NeMo container (see the Dockerfile)")
-TE_HINT = ("Megatron-Bridge imports TransformerEngine, which is not installed here: run `nemo-mft bridge` in the NGC "
-           "NeMo container (see the Dockerfile) or another environment with transformer_engine")
-
 
 def require_bridge() -> None:
-    """UsageError unless ``megatron.bridge`` (and the TransformerEngine it imports) can be imported."""
+    """UsageError with `nemo_mft.bridge`'s own message unless it (Megatron-Bridge and the TransformerEngine that
+    Bridge imports) can be imported."""
     try:
-        found = importlib.util.find_spec("megatron.bridge") is not None
-    except ModuleNotFoundError:  # not even the megatron namespace
-        found = False
-    if not found:
-        raise UsageError(INSTALL_HINT)
-    try:
-        import megatron.bridge  # noqa: F401
-        import megatron.bridge.training.finetune  # noqa: F401  (imports Bridge's PEFT, which imports TE)
-    except ModuleNotFoundError as err:
-        if (err.name or "").split(".")[0] == "transformer_engine":
-            raise UsageError(TE_HINT) from err
-        raise
+        import nemo_mft.bridge  # noqa: F401
+    except ImportError as err:
+        raise UsageError(str(err)) from err
 
 
 def _parser():
@@ -97,7 +82,7 @@ def _bridge(argv: Optional[Sequence[str]]) -> int:
 
     try:
         forward_step = prepare(config, mft)
-    except ValueError as err:  # a combination apply_mft does not support
+    except (ValueError, TypeError) as err:  # a combination apply_mft does not support, a non-GPT model provider
         raise UsageError(str(err)) from err
     finetune(config, forward_step)
     return 0

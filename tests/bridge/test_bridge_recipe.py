@@ -30,7 +30,7 @@ from megatron.bridge.recipes.llama import llama3  # noqa: E402
 
 from nemo_mft.bridge.recipe import RecipeError, compose, resolve_recipe  # noqa: E402
 from nemo_mft.config.schema import MFTSection  # noqa: E402
-from nemo_mft.finetune.bridge_command import INSTALL_HINT, TE_HINT, bridge_main  # noqa: E402
+from nemo_mft.finetune.bridge_command import bridge_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SFT = "megatron.bridge.recipes.llama.llama3:llama32_1b_sft_config"
@@ -122,8 +122,12 @@ def test_recipe_given_as_a_function_and_by_name_agree():
 
 @pytest.mark.parametrize("name", ["llama32_1b_mft.yaml", "llama32_1b_lora_mft.yaml"])
 def test_the_example_files_of_conf_bridge_compose(name):
+    from nemo_mft.bridge.validate import check_mft_config
+
     config, mft = compose(None, ROOT / "conf" / "bridge" / name)
     assert mft.method == "mft" and mft.tau == 0.25 and config.train.train_iters == 500
+    assert config.dataset.packed_sequence_specs is None  # the recipe packs; the files switch it off
+    check_mft_config(config, mft)
     if "lora" in name:
         from megatron.bridge.peft.lora import LoRA
 
@@ -131,6 +135,18 @@ def test_the_example_files_of_conf_bridge_compose(name):
         assert list(config.peft.target_modules) == ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
     else:
         assert config.peft is None
+
+
+def test_the_recipes_packed_sequences_are_refused_before_training():
+    """Bridge's Llama SFT/PEFT recipes pack sequences; MFT refuses that up front (not at the first step)."""
+    from nemo_mft.bridge.validate import check_mft_config
+
+    config, mft = compose(SFT, None, [])
+    assert config.dataset.packed_sequence_specs.packed_sequence_size == 4096
+    with pytest.raises(ValueError, match=r"packed sequences .* set dataset.packed_sequence_specs=null"):
+        check_mft_config(config, mft)
+    config, mft = compose(SFT, None, ["dataset.packed_sequence_specs=null"])
+    check_mft_config(config, mft)
 
 
 def test_recipe_arguments_from_overrides_build_the_lora():
@@ -222,8 +238,11 @@ def test_bridge_help_works():
 
 def test_without_transformer_engine_the_command_says_so():
     # This venv has Bridge but no TransformerEngine (the stand-in lives only in test processes).
+    from nemo_mft.bridge import TE_MISSING  # importable here: this test process has the stand-in
+
     proc = _cli(sys.executable, "--recipe", SFT)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"nemo-mft bridge: error: {TE_HINT}"
+    expected = TE_MISSING.format(module="transformer_engine")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"nemo-mft bridge: error: {expected}"
 
 
 def _python_without_bridge() -> str:
@@ -240,6 +259,8 @@ def test_without_bridge_the_command_says_how_to_install_it():
     check = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('megatron.bridge'))"],
                            capture_output=True, text=True)
     assert check.stdout.strip() == "None", f"{python} has Megatron-Bridge"
+    from nemo_mft.bridge import BRIDGE_MISSING
+
     proc = _cli(python, "--recipe", SFT, "mft.tau=0.1")
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"nemo-mft bridge: error: {INSTALL_HINT}"
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"nemo-mft bridge: error: {BRIDGE_MISSING}"
     assert _cli(python, "--help").returncode == 0  # help needs no Bridge

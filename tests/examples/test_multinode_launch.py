@@ -82,6 +82,7 @@ def test_slurm_script_starts_every_node_through_srun(smoke, tmp_path):
     _executable(bin_dir / "scontrol", "#!/usr/bin/env bash\nprintf '127.0.0.1\\n127.0.0.1\\n'\n")
     _executable(bin_dir / "srun", """#!/usr/bin/env bash
 set -euo pipefail
+echo "$*" > "$SRUN_LOGS/srun_args"
 while [[ $1 == --* ]]; do shift; done
 pids=()
 for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do
@@ -97,7 +98,8 @@ exit $status
                            "print(s.getsockname()[1])"], capture_output=True, text=True, check=True).stdout.strip()
     env = _env(PATH=f"{bin_dir}:{os.environ['PATH']}", RUN_DIR=str(run_dir), SRUN_LOGS=str(tmp_path),
                SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="2", SLURM_NNODES="2", SLURM_JOB_NODELIST="fake[0-1]",
-               SLURM_SUBMIT_DIR=str(ROOT), SLURM_GPUS_PER_NODE="gpu:1", RDZV_PORT=port)
+               SLURM_SUBMIT_DIR=str(ROOT), SLURM_GPUS_PER_NODE="gpu:1", SLURM_CPUS_ON_NODE="16",
+               SLURM_RESTART_COUNT="1", RDZV_PORT=port)
     proc = subprocess.run(["bash", str(EXAMPLE / "slurm.sbatch"), "finetune", *SMOKE_RECIPE,
                            f"dataset.dataset_root={smoke / 'data'}"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
@@ -105,7 +107,8 @@ exit $status
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr}\n{logs[-6000:]}"
     assert "node 0 of 2, 1 process(es), rendezvous 127.0.0.1:" in (tmp_path / "node0.log").read_text()
     assert "node 1 of 2" in (tmp_path / "node1.log").read_text()
-    assert sorted(p.name for p in (run_dir / ".launch").iterdir()) == ["4242"]
+    assert "--cpus-per-task=16" in (tmp_path / "srun_args").read_text().split()  # the node's CPUs, not 1
+    assert sorted(p.name for p in (run_dir / ".launch").iterdir()) == ["4242.1"]  # this (re)start's markers
     assert _losses(run_dir / "logs" / "metrics.jsonl") == _losses(smoke / "two_nodes" / "logs" / "metrics.jsonl")
 
 
