@@ -82,6 +82,13 @@ class FrozenTeacherHook:
         return teacher
 
     def __call__(self, model: list) -> list:
+        if getattr(self.checkpoint, "pretrained_checkpoint", None) is None and \
+                getattr(self.checkpoint, "load", None) is not None:
+            raise ValueError("MFT under Megatron-Bridge: checkpoint.load is set but checkpoint.pretrained_checkpoint is "
+                             "not. The teacher is the pretrained model, and Bridge loads checkpoint.load into the "
+                             "student only (a resume, or a base model with checkpoint.finetune=true), so the teacher "
+                             "would keep random weights; set checkpoint.pretrained_checkpoint to the base model "
+                             "(also when resuming)")
         if len(model) != 1:
             raise ValueError(f"MFT under Megatron-Bridge expects one model chunk per stage (no virtual pipeline), "
                              f"got {len(model)}")
@@ -91,12 +98,6 @@ class FrozenTeacherHook:
                 raise ValueError("the model already has an MFT teacher: apply_mft() was applied twice")
             chunks.append(MFTModel(student, self._build_teacher(student)))
         pretrained = getattr(self.checkpoint, "pretrained_checkpoint", None)
-        if pretrained is None and getattr(self.checkpoint, "load", None) is not None:
-            raise ValueError("MFT under Megatron-Bridge: checkpoint.load is set but checkpoint.pretrained_checkpoint is "
-                             "not. The teacher is the pretrained model, and Bridge loads checkpoint.load into the "
-                             "student only (a resume, or a base model with checkpoint.finetune=true), so the teacher "
-                             "would keep random weights; set checkpoint.pretrained_checkpoint to the base model "
-                             "(also when resuming)")
         if pretrained is not None:
             self.teacher_source = load_pretrained_weights([chunk.teacher for chunk in chunks], pretrained)
         else:

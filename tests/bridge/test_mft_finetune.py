@@ -148,3 +148,15 @@ def test_bf16_wrapper_casts_the_teacher_with_the_student(result):
     assert section["logits_dtypes"] == ("torch.bfloat16", "torch.bfloat16")
     assert section["student_eq_teacher_logits"], "same bf16 weights, same input: the logits must be equal"
     assert math.isfinite(section["loss"]) and section["loss"] > 0.0
+
+
+def test_a_loaded_student_without_pretrained_checkpoint_is_refused():
+    """Bridge loads checkpoint.load into the student only: without pretrained_checkpoint the teacher would keep
+    random weights, so the hook refuses before building anything."""
+    from types import SimpleNamespace
+
+    from nemo_mft.bridge.teacher import FrozenTeacherHook
+
+    hook = FrozenTeacherHook(provider=None, checkpoint=SimpleNamespace(pretrained_checkpoint=None, load="/runs/x"))
+    with pytest.raises(ValueError, match="checkpoint.load is set but checkpoint.pretrained_checkpoint is not"):
+        hook([object()])
