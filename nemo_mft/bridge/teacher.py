@@ -83,12 +83,13 @@ class FrozenTeacherHook:
 
     def __call__(self, model: list) -> list:
         if getattr(self.checkpoint, "pretrained_checkpoint", None) is None and \
-                getattr(self.checkpoint, "load", None) is not None:
-            raise ValueError("MFT under Megatron-Bridge: checkpoint.load is set but checkpoint.pretrained_checkpoint is "
-                             "not. The teacher is the pretrained model, and Bridge loads checkpoint.load into the "
-                             "student only (a resume, or a base model with checkpoint.finetune=true), so the teacher "
-                             "would keep random weights; set checkpoint.pretrained_checkpoint to the base model "
-                             "(also when resuming)")
+                getattr(self.checkpoint, "load", None) is not None and getattr(self.checkpoint, "finetune", False):
+            # Without pretrained_checkpoint the teacher is the student's seeded initial model: right for a run from
+            # scratch and its resumes, wrong when checkpoint.load + finetune=true brings the base model in.
+            raise ValueError("MFT under Megatron-Bridge: checkpoint.load with checkpoint.finetune=true starts the student "
+                             "from that checkpoint, but the teacher is read from checkpoint.pretrained_checkpoint, which "
+                             "is not set, so it would keep random weights; pass the base model as "
+                             "checkpoint.pretrained_checkpoint instead")
         if len(model) != 1:
             raise ValueError(f"MFT under Megatron-Bridge expects one model chunk per stage (no virtual pipeline), "
                              f"got {len(model)}")

@@ -103,4 +103,4 @@ def test_two_nodes_through_the_launcher_train_like_one_process(runs):
         assert two[iteration] == pytest.approx(one[iteration], rel=1e-5), iteration
     ckpt = root / "two_nodes" / "checkpoints"
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(ITERS)
-    assert len(list((root / "two_nodes" / ".launch" / "bridge-example").iterdir())) == 2
+    assert len(list((root / "two_nodes" / ".launch" / "bridge-example.0").iterdir())) == 2

@@ -150,13 +150,14 @@ def test_bf16_wrapper_casts_the_teacher_with_the_student(result):
     assert math.isfinite(section["loss"]) and section["loss"] > 0.0
 
 
-def test_a_loaded_student_without_pretrained_checkpoint_is_refused():
-    """Bridge loads checkpoint.load into the student only: without pretrained_checkpoint the teacher would keep
-    random weights, so the hook refuses before building anything."""
+def test_a_base_model_through_checkpoint_load_is_refused():
+    """checkpoint.load + finetune=true loads the base model into the student only: without pretrained_checkpoint
+    the teacher would keep random weights, so the hook refuses before building anything. A plain resume
+    (finetune=false) is allowed: the teacher is then the seeded initial model, as at the run's start."""
     from types import SimpleNamespace
 
     from nemo_mft.bridge.teacher import FrozenTeacherHook
 
-    hook = FrozenTeacherHook(provider=None, checkpoint=SimpleNamespace(pretrained_checkpoint=None, load="/runs/x"))
-    with pytest.raises(ValueError, match="checkpoint.load is set but checkpoint.pretrained_checkpoint is not"):
-        hook([object()])
+    checkpoint = SimpleNamespace(pretrained_checkpoint=None, load="/runs/base", finetune=True)
+    with pytest.raises(ValueError, match="checkpoint.load with checkpoint.finetune=true"):
+        FrozenTeacherHook(provider=None, checkpoint=checkpoint)([object()])

@@ -79,7 +79,9 @@ def test_slurm_script_starts_every_node_through_srun(smoke, tmp_path):
     command once per node (concurrently, SLURM_NODEID 0..N-1) and fails if one failed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _executable(bin_dir / "scontrol", "#!/usr/bin/env bash\nprintf '127.0.0.1\\n127.0.0.1\\n'\n")
+    # One write per host, like scontrol on a long node list: a reader that stops after the first line (head -n 1)
+    # makes the second write fail with SIGPIPE, which fails the job under pipefail.
+    _executable(bin_dir / "scontrol", "#!/usr/bin/env bash\nfor host in 127.0.0.1 127.0.0.1; do echo $host; sleep 0.2; done\n")
     _executable(bin_dir / "srun", """#!/usr/bin/env bash
 set -euo pipefail
 echo "$*" > "$SRUN_LOGS/srun_args"
