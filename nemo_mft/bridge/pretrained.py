@@ -14,6 +14,8 @@ import torch
 from megatron.bridge.training.checkpointing import _load_model_weights_from_checkpoint, _resolve_checkpoint_iteration
 from megatron.bridge.training.utils.checkpoint_utils import checkpoint_exists, get_checkpoint_name
 
+from nemo_mft.megatron.model import load_weights
+
 __all__ = ["checkpoint_iteration_dir", "load_pretrained_weights"]
 
 
@@ -42,8 +44,7 @@ def load_pretrained_weights(modules: list, checkpoint_dir: str) -> str:
     loaded = _load_model_weights_from_checkpoint(path, list(modules), return_state_dict=True)
     for index, module in enumerate(modules):
         state = loaded["model"] if len(modules) == 1 else loaded.get(f"model{index}", {})
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        wrong = [key for key in missing if not key.endswith("_extra_state")] + list(unexpected)
+        wrong = load_weights(module, state)
         if wrong:
             raise ValueError(f"the MFT teacher does not fit the checkpoint {path}: {wrong[:5]} (missing or "
                              "unexpected); is checkpoint.pretrained_checkpoint a checkpoint of this model?")

@@ -32,7 +32,7 @@ def _complete(model: ModelSection) -> ModelSection:
 
 def transformer_config(model: ModelSection) -> TransformerConfig:
     """megatron TransformerConfig for ``model`` (complete: every architecture key set), with the settings of
-    `nemo_mft.megatron.transformer_config_settings` (per-token loss normalization, no fused kernels needing TE/apex)."""
+    `nemo_mft.megatron.transformer_config_settings` (per-token loss normalization, no optional fusions)."""
     model = _complete(model)
     dtype = PARAMS_DTYPES[model.params_dtype]
     gated = model.activation == "swiglu"

@@ -26,7 +26,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from nemo_mft.hf.families import Family, family_for
-from nemo_mft.megatron.model import GPTOptions, transformer_config_settings, padded_vocab_size
+from nemo_mft.megatron.model import GPTOptions, padded_vocab_size, transformer_config_settings
 
 __all__ = ["HFModel", "read_config", "describe", "transformer_config", "layer_spec", "gpt_options",
            "MEGATRON_LLAMA3_ROPE"]

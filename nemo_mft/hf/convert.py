@@ -162,8 +162,6 @@ def load_hf_into(gpt: torch.nn.Module, hf_dir: str, model: HFModel, groups, *,
         return dict(reader.bytes_read)
 
 
-
-
 def _take(state: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
     if name in state:
         return state[name]

@@ -26,7 +26,8 @@ from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
 from nemo_mft.megatron.mft_model import MFTModel
 
-__all__ = ["GPTOptions", "TRANSFORMER_IMPLS", "resolve_transformer_impl", "gpt_layer_spec", "transformer_config_settings", "padded_vocab_size", "check_supported_layout", "build_model",
+__all__ = ["GPTOptions", "TRANSFORMER_IMPLS", "resolve_transformer_impl", "gpt_layer_spec", "load_weights",
+           "transformer_config_settings", "padded_vocab_size", "check_supported_layout", "build_model",
            "sync_teacher_from_student", "unwrap"]
 
 POSITION_EMBEDDINGS = ("rope", "learned_absolute")
@@ -97,6 +98,14 @@ def gpt_layer_spec(transformer_impl: str, *, normalization: str, qk_layernorm: b
     if resolve_transformer_impl(transformer_impl) == "transformer_engine":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
     return gpt_layer_specs.get_gpt_layer_local_spec(normalization=normalization, qk_layernorm=qk_layernorm)
+
+
+def load_weights(module: torch.nn.Module, state: dict) -> list[str]:
+    """``module.load_state_dict(state, strict=False)``; returns the keys that do not fit (missing weights,
+    unexpected keys), empty when all is well. Only TransformerEngine's ``_extra_state`` entries (FP8 metadata)
+    may be missing: a checkpoint of the local spec has none, and Megatron-Bridge's reader drops them."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    return [key for key in missing if not key.endswith("_extra_state")] + list(unexpected)
 
 
 def transformer_config_settings() -> dict:

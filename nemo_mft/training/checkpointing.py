@@ -656,8 +656,9 @@ def _without_extra_state(model_sharded_state: dict) -> dict:
 
 def _load_model_state(module: torch.nn.Module, state: dict, path: str) -> None:
     """``module.load_state_dict(state)``, where only ``_extra_state`` entries may be missing."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    wrong = [k for k in missing if not k.endswith(_EXTRA_STATE)] + list(unexpected)
+    from nemo_mft.megatron.model import load_weights
+
+    wrong = load_weights(module, state)
     if wrong:
         raise CheckpointError(f"checkpoint {path} does not fit the model: {wrong[:5]} (missing or unexpected)")
 
